@@ -1,0 +1,159 @@
+"""AsyncPiperEngine: Piper VITS voices (the bundled `en_US-joe-medium` by default) behind the AsyncEngine surface.
+
+Voice names: every voice file answers to its file stem (`en_US-joe-medium`) and to a short alias, the config's
+`dataset` name (`joe`) when no other voice claims it. Multi-speaker models add `<stem>:<speaker>` for each speaker in
+their `speaker_id_map` and the bare speaker name when unique. A custom speaker is a named preset (a base voice plus
+parameters such as speed), since Piper cannot clone from audio.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fast_tts.engine.base import BASE_PARAMS, AsyncEngine, Voice
+from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError, UnsupportedOperationError
+from fast_tts.models.piper import PiperRunner, bundled_voice_paths
+
+
+@dataclass
+class _VoiceFile:
+    """One Piper model on disk and what its config says about it."""
+
+    key: str
+    model: Path
+    config: Path
+    sample_rate: int
+    language: str
+    alias: str | None
+    speakers: dict[str, int]
+
+
+def find_piper_voices(model_path: str | Path | None) -> list[tuple[Path, Path]]:
+    """(model, config) pairs for the bundled voice (None), one `.onnx` file, or every voice in a folder."""
+    if model_path is None:
+        return [bundled_voice_paths()]
+    path = Path(model_path)
+    if path.is_file():
+        config = Path(f"{path}.json")
+        if path.suffix != ".onnx" or not config.is_file():
+            raise ModelLoadError(f"{path}: a Piper voice is an .onnx file with its .onnx.json config beside it")
+        return [(path, config)]
+    if path.is_dir():
+        pairs = [(p, Path(f"{p}.json")) for p in sorted(path.glob("*.onnx")) if Path(f"{p}.json").is_file()]
+        if pairs:
+            return pairs
+    raise ModelLoadError(f"no Piper voice (.onnx with .onnx.json beside it) at {path}")
+
+
+def _describe(model: Path, config: Path) -> _VoiceFile:
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+        sample_rate = int(data["audio"]["sample_rate"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{config} is not a Piper voice config: {exc}") from exc
+    language = str(data.get("language", {}).get("family") or data.get("espeak", {}).get("voice", "")[:2])
+    alias = data.get("dataset") or None
+    return _VoiceFile(model.name[: -len(".onnx")], model, config, sample_rate, language, alias,
+                      dict(data.get("speaker_id_map") or {}))
+
+
+class AsyncPiperEngine(AsyncEngine):
+    """Piper voices with sentence-level streaming, `speed` (length scale 1/speed) and `deterministic` output."""
+
+    family = "piper"
+    can_clone = False
+
+    def __init__(self, model_path: str | Path | None = None, *, threads_per_request: int = 1, **kw: Any) -> None:
+        files = [_describe(m, c) for m, c in find_piper_voices(model_path)]
+        self._files = {f.key: f for f in files}
+        self._names: dict[str, tuple[str, int | None]] = {}
+        for f in files:
+            self._names[f.key] = (f.key, None)
+            for speaker, sid in f.speakers.items():
+                self._names[f"{f.key}:{speaker}"] = (f.key, sid)
+        for f in files:  # short names only where unambiguous
+            shorts = ([f.alias] if f.alias else []) + list(f.speakers)
+            for short in shorts:
+                taken = sum(short == g.alias or short in g.speakers for g in files) > 1
+                if not taken and short not in self._names:
+                    self._names[short] = (f.key, f.speakers.get(short))
+        first = files[0]
+        self.sample_rate = first.sample_rate
+        self.default_voice = first.alias if first.alias in self._names else first.key
+        self._threads = threads_per_request
+        self._runners: dict[str, PiperRunner] = {}
+        self._load_lock = threading.Lock()
+        super().__init__(**kw)
+        self._runner(first.key)  # load the default voice now so errors surface at construction
+
+    def _runner(self, key: str) -> PiperRunner:
+        """The loaded runner for voice file `key` (loaded on first use)."""
+        with self._load_lock:
+            runner = self._runners.get(key)
+            if runner is None:
+                f = self._files[key]
+                runner = self._runners[key] = PiperRunner(f.model, f.config, threads=self._threads)
+            return runner
+
+    def _builtin_voices(self) -> list[str]:
+        return list(self._names)
+
+    def _builtin_voice(self, name: str) -> Voice:
+        if name not in self._names:
+            raise UnknownVoiceError(name, self.list_speakers())
+        return Voice(name, self._names[name])
+
+    def _prepare(self, text: str, voice: Voice, params: dict[str, Any]) -> list[Any]:
+        """Normalize with wetext only for languages it knows (en, zh); other voices read raw text via espeak."""
+        if self._files[voice.data[0]].language not in ("en", "zh"):
+            params = {**params, "normalize": False}
+        return super()._prepare(text, voice, params)
+
+    def _synthesize(self, segment: str, voice: Voice, params: dict[str, Any]) -> Iterator[np.ndarray]:
+        """One chunk per sentence of the segment."""
+        key, speaker_id = voice.data
+        runner = self._runner(key)
+        noise = 0.0 if params["deterministic"] else None
+        for phonemes in runner.sentences(segment):
+            audio = runner.synthesize(
+                phonemes, speaker_id, length_scale=1.0 / params["speed"], noise_scale=noise, noise_w=noise
+            )
+            if runner.sample_rate != self.sample_rate:
+                from fast_tts.audio import resample
+
+                audio = resample(audio, runner.sample_rate, self.sample_rate)
+            yield audio
+
+    def _make_speaker(
+        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """A Piper speaker is a preset: `voice` (a built-in voice) plus request parameters such as `speed`."""
+        if audio is not None:
+            raise UnsupportedOperationError(
+                "Piper voices cannot be cloned from audio; a Piper speaker is a preset, "
+                "e.g. add_speaker('calm', voice='joe', speed=0.9)"
+            )
+        options = dict(options)
+        base = options.pop("voice", None) or self.default_voice
+        if base not in self._names:
+            raise UnknownVoiceError(base, self._builtin_voices())
+        preset = {k: v for k, v in options.items() if v is not None}
+        self._params(Voice(base, self._names[base]), preset)  # validate now, not at first use
+        return {}, {"voice": base, "params": preset}
+
+    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice:
+        base = meta.get("voice")
+        if base not in self._names:
+            raise InvalidInputError(f"speaker {name!r} needs voice {base!r}, which this model lacks", field="voice")
+        preset = {k: v for k, v in dict(meta.get("params") or {}).items() if k in BASE_PARAMS}
+        return Voice(name, self._names[base], preset)
+
+    def _close(self) -> None:
+        self._runners.clear()
