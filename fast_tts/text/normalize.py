@@ -1,0 +1,128 @@
+"""Text normalization with wetext (WeTextProcessing FSTs): numbers, dates, times, money, units spoken as words."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any, Literal
+
+from fast_tts.errors import InvalidInputError, MissingDependencyError
+from fast_tts.text.language import detect_language
+from fast_tts.text.script import CJK_CHARS, CJK_PUNCT
+from fast_tts.text.split import SENTENCE_END_RE
+from fast_tts.text.tags import split_tags
+
+log = logging.getLogger(__name__)
+
+_LANGS = ("zh", "en", "mixed")
+_RUN_RE = re.compile(
+    f"(?P<zh>[{CJK_CHARS}{CJK_PUNCT}]+)|(?P<en>[A-Za-z\u00c0-\u024f]+)|(?P<n>[^{CJK_CHARS}{CJK_PUNCT}A-Za-z\u00c0-\u024f]+)"
+)
+_SPACES_RE = re.compile(r"\s+")
+# Full-width digits, letters and percent sign read like their ASCII forms; CJK punctuation is left as written.
+_FULL_WIDTH = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)}
+_FULL_WIDTH[0xFF05] = ord("%")
+
+
+class _CachedNormalizer:
+    """One wetext TN normalizer per language, loaded once and used under a lock (wetext shares FST objects)."""
+
+    def __init__(self, lang: Literal["zh", "en"]) -> None:
+        try:
+            from wetext import Normalizer
+        except ImportError as exc:  # pragma: no cover - wetext is a hard dependency
+            raise MissingDependencyError("text normalization needs the 'wetext' package: pip install wetext") from exc
+        self.lang = lang
+        self._normalizer: Any = Normalizer(lang=lang, operator="tn")
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> str:
+        """Normalize one run of text; if the FST rejects it, fall back word by word, then to the raw word."""
+        try:
+            with self._lock:
+                return self._normalizer.normalize(text)
+        except Exception:  # wetext raises bare AssertionError/RuntimeError on input its FST cannot read
+            words = text.split(" ")
+            if len(words) == 1:
+                log.warning("wetext (%s) could not normalize %r; kept as written", self.lang, text)
+                return text
+            return " ".join(self(w) if w else w for w in words)
+
+
+_cache: dict[str, _CachedNormalizer] = {}
+_cache_lock = threading.Lock()
+
+
+def get_normalizer(lang: Literal["zh", "en"]) -> _CachedNormalizer:
+    """The process-wide cached normalizer for zh or en (the first call loads the FSTs, later calls are free)."""
+    normalizer = _cache.get(lang)
+    if normalizer is None:
+        with _cache_lock:
+            normalizer = _cache.get(lang)
+            if normalizer is None:
+                normalizer = _cache[lang] = _CachedNormalizer(lang)
+    return normalizer
+
+
+def normalize(text: str, lang: str | None = None) -> str:
+    """Spell out numbers, dates, times, money, units and percentages as words; control tags pass untouched.
+
+    lang=None detects the language of the whole text. "zh": everything goes through the Chinese FST (Latin words
+    pass through, numbers are read in Chinese). "en": Latin text and numbers go through the English FST, CJK runs
+    through the Chinese one. "mixed": the text is cut into CJK and Latin runs, and a stretch of digits/symbols joins
+    the run of the next word (the unit or classifier after a number decides how it is read: "3个" -> 三个,
+    "3 apples" -> three apples), or of the previous word at the end of a sentence.
+    """
+    if lang is not None and lang not in _LANGS:
+        raise InvalidInputError(f"lang must be one of {', '.join(_LANGS)} or None, got {lang!r}", field="lang")
+    text = text.translate(_FULL_WIDTH)
+    mode = lang or detect_language(text)
+    out: list[str] = []
+    for piece, is_tag in split_tags(text):
+        if is_tag:
+            out.append(piece)
+            continue
+        # Sentence by sentence: FST time grows faster than linearly with input length; line breaks end sentences.
+        cuts = [0, *(m.end() for m in SENTENCE_END_RE.finditer(piece)), len(piece)]
+        for s, e in zip(cuts, cuts[1:]):
+            out.extend(_apply(label, run) for label, run in _label_runs(piece[s:e], mode))
+    return "".join(out)
+
+
+def _label_runs(sentence: str, mode: str) -> list[tuple[str, str]]:
+    """Cut a sentence into maximal runs that go to the same normalizer ("zh" or "en")."""
+    tokens = [(m.lastgroup or "n", m.group()) for m in _RUN_RE.finditer(sentence)]
+    labels: list[str] = []
+    for i, (kind, _) in enumerate(tokens):
+        if mode == "zh":
+            labels.append("zh")
+        elif kind != "n":
+            labels.append(kind)
+        elif mode == "en":
+            labels.append("en")
+        else:
+            after = next((k for k, _ in tokens[i + 1 :] if k != "n"), None)
+            before = next((k for k, _ in reversed(tokens[:i]) if k != "n"), None)
+            labels.append(after or before or "en")
+    runs: list[tuple[str, str]] = []
+    for label, (_, chunk) in zip(labels, tokens):
+        if runs and runs[-1][0] == label:
+            runs[-1] = (label, runs[-1][1] + chunk)
+        else:
+            runs.append((label, chunk))
+    return runs
+
+
+def _apply(label: str, run: str) -> str:
+    """Run one normalizer on a run, keeping the run's outer whitespace (wetext strips it)."""
+    core = run.strip()
+    if not core:
+        return run
+    if label == "en" or not any(c.isdigit() for c in core):
+        if label == "zh":
+            return run  # the Chinese FST only rewrites text with digits
+        core = _SPACES_RE.sub(" ", core)  # the English FST rejects runs of spaces
+    lead = run[: len(run) - len(run.lstrip())]
+    trail = run[len(run.rstrip()) :]
+    return lead + get_normalizer(label)(core) + trail  # type: ignore[arg-type]
