@@ -382,3 +382,31 @@ def test_crossfade_rejects_bad_window() -> None:
         crossfade_join([np.zeros(10), np.zeros(10)], SR, window="kaiser")
     with pytest.raises(InvalidInputError):
         StreamCrossfader(SR, fade_s=-1)
+
+
+def test_stream_encoder_validates_and_sanitises() -> None:
+    assert StreamEncoder("opus", SR).media_type == "audio/opus"
+    with pytest.raises(InvalidInputError) as err:
+        StreamEncoder("mp3", 0)
+    assert err.value.field == "sample_rate"
+    with pytest.raises(InvalidInputError) as err:
+        encode(np.zeros(10, np.float32), SR, "mp3", bitrate=-5)
+    assert err.value.field == "bitrate"
+    with pytest.raises(InvalidInputError):
+        encode(np.zeros((2, 100), np.float32), SR, "wav")  # stereo is not mono
+    wild = _signal(1.0) * 3
+    wild[::50] = np.nan
+    for fmt in LOSSY:
+        decoded, _ = read_audio(encode(wild, SR, fmt))
+        assert np.all(np.isfinite(decoded)) and np.max(np.abs(decoded)) < 1.5
+
+
+def test_stream_crossfader_promotes_to_float_after_float_start() -> None:
+    chunks = [np.full(3000, 0.25, np.float32), np.full(3000, 8192, np.int16)]
+    fader = StreamCrossfader(SR, 0.05)
+    streamed = np.concatenate([fader.push(c) for c in chunks] + [fader.flush()])
+    np.testing.assert_array_equal(streamed, crossfade_join(chunks, SR, 0.05))
+    np.testing.assert_allclose(streamed, 0.25, atol=1e-6)
+    fader.push(np.zeros(10, np.int16))  # after flush a new stream starts, here in int16
+    with pytest.raises(InvalidInputError):
+        fader.push(np.zeros(10, np.float32))

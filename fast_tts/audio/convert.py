@@ -53,11 +53,11 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
-def _check_rate(sr: int, name: str) -> int:
-    """Validate a sample rate (positive integer)."""
-    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
-        raise InvalidInputError(f"{name} must be a positive integer number of Hz, got {sr!r}", field=name)
-    return int(sr)
+def _check_rate(value: int, name: str) -> int:
+    """Validate a sample rate or bit rate: a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}", field=name)
+    return int(value)
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -31,7 +31,10 @@ def _fade_curves(n: int, window: str) -> tuple[np.ndarray, np.ndarray]:
     else:
         fade_in = t
         fade_out = 1.0 - t
-    return fade_out.astype(np.float32), fade_in.astype(np.float32)
+    curves = fade_out.astype(np.float32), fade_in.astype(np.float32)
+    for curve in curves:
+        curve.setflags(write=False)  # cached and shared between threads
+    return curves
 
 
 def _mix(tail: np.ndarray, head: np.ndarray, window: str, out_dtype: np.dtype) -> np.ndarray:

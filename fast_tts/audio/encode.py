@@ -14,7 +14,7 @@ import numpy as np
 import soxr
 
 from fast_tts.audio.convert import _check_rate, to_float32, to_int16
-from fast_tts.audio.formats import check_format
+from fast_tts.audio.formats import MEDIA_TYPES, check_format
 
 # (container, codec, sample format fed to the codec, default bit rate) for the formats PyAV encodes.
 _AV_CODECS: dict[str, tuple[str, str, str, int | None]] = {
@@ -62,16 +62,22 @@ class _PcmCodec:
 
 
 class _Sink:
-    """A write-only file object that collects what the muxer writes; seekable only for whole-file encoding."""
+    """A write-only file object that collects what the muxer writes; seekable only for whole-file encoding.
+
+    In streaming mode bytes are handed out and dropped as they come, so a long stream does not pile up in memory.
+    """
 
     def __init__(self, seekable: bool) -> None:
         self._buf = bytearray()
         self._pos = 0
-        self._taken = 0
         self._seekable = seekable
 
     def write(self, data: bytes) -> int:
         data = bytes(data)
+        if not self._seekable:
+            self._buf += data
+            self._pos += len(data)
+            return len(data)
         end = self._pos + len(data)
         if end > len(self._buf):
             self._buf.extend(b"\0" * (end - len(self._buf)))
@@ -93,11 +99,11 @@ class _Sink:
         return self._pos
 
     def take(self, final: bool = False) -> bytes:
-        """Bytes written since the last take; a seekable sink gives everything at the end only (headers get rewritten)."""
+        """New bytes since the last take; a seekable sink gives everything at the end only (headers get rewritten)."""
         if self._seekable and not final:
             return b""
-        out = bytes(self._buf[self._taken :])
-        self._taken = len(self._buf)
+        out = bytes(self._buf)
+        self._buf.clear()
         return out
 
 
@@ -151,7 +157,7 @@ class _AvCodec:
 
     def _prepare(self, chunk: np.ndarray, last: bool) -> np.ndarray:
         """Resample when needed and convert to the codec's sample type."""
-        samples = to_float32(chunk)
+        samples = np.clip(np.nan_to_num(to_float32(chunk), nan=0.0), -1.0, 1.0)
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(np.ascontiguousarray(samples), last=last)
         if self._sample_fmt == "s16":
@@ -186,6 +192,9 @@ class StreamEncoder:
     def __init__(self, fmt: str, sample_rate: int, bitrate: int | None = None) -> None:
         self.format = check_format(fmt)
         self.sample_rate = _check_rate(sample_rate, "sample_rate")
+        self.media_type = MEDIA_TYPES[self.format]
+        if bitrate is not None:
+            _check_rate(bitrate, "bitrate")
         self._lock = threading.Lock()
         self._closed = False
         self._codec = _make_codec(self.format, self.sample_rate, seekable=False, bitrate=bitrate)
@@ -216,6 +225,8 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, bitrate: int | None = 
     """Encode a whole mono clip to one file in memory (exact sizes in WAV/FLAC headers, gapless info in MP3)."""
     fmt = check_format(fmt)
     sample_rate = _check_rate(sample_rate, "sample_rate")
+    if bitrate is not None:
+        _check_rate(bitrate, "bitrate")
     if fmt == "wav":
         samples = to_int16(audio)
         return wav_header(sample_rate, samples.size) + samples.astype("<i2", copy=False).tobytes()
