@@ -280,6 +280,23 @@ def test_read_audio_falls_back_to_pyav_for_aac() -> None:
     assert rate == SR and _aligned_corr(decoded, audio) > 0.95
 
 
+def test_read_audio_reads_stereo_m4a_through_pyav() -> None:
+    audio = _signal(1.0)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=SR)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(np.stack([audio, np.zeros_like(audio)]), format="fltp", layout="stereo")
+        frame.sample_rate = SR
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    decoded, rate = read_audio(buf.getvalue(), target_sr=16000)
+    assert rate == 16000 and decoded.ndim == 1
+    reference = resample(audio, SR, 16000) / 2  # left + silent right, averaged
+    assert _aligned_corr(decoded, reference) > 0.95
+    assert 0.8 < np.std(decoded) / np.std(reference) < 1.2
+
+
 @pytest.mark.parametrize(
     "source, needle",
     [
