@@ -1,0 +1,205 @@
+"""AsyncEngine behaviour through the bundled Piper voice: concurrency, cancellation, loop freedom, validation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fast_tts.engine.piper import AsyncPiperEngine
+from fast_tts.errors import (
+    EngineClosedError,
+    InvalidInputError,
+    UnknownVoiceError,
+    UnsupportedOperationError,
+)
+
+THREE = "The quick brown fox jumps over the lazy dog. A second sentence follows it here. And this is the third one."
+OTHER = "Rain is falling on the quiet town. Nobody walks outside tonight."
+
+
+@pytest.fixture(scope="module")
+def engine() -> AsyncPiperEngine:
+    """One loaded bundled voice for the module (loading takes about 1.5 s)."""
+    return AsyncPiperEngine(max_concurrency=2)
+
+
+@pytest.fixture(scope="module")
+def solo(engine: AsyncPiperEngine) -> dict[str, np.ndarray]:
+    """Deterministic solo renderings used as references."""
+
+    async def render() -> dict[str, np.ndarray]:
+        return {t: await engine.speak_async(t, deterministic=True) for t in (THREE, OTHER)}
+
+    return asyncio.run(render())
+
+
+async def test_speak_returns_int16_and_is_deterministic(engine: AsyncPiperEngine, solo: dict) -> None:
+    again = await engine.speak_async(THREE, "joe", deterministic=True)
+    assert again.dtype == np.int16 and engine.sample_rate == 22050
+    assert np.array_equal(again, solo[THREE])
+    assert 4.0 < len(again) / engine.sample_rate < 12.0
+    seeded = await engine.speak_async(THREE, seed=3)
+    assert np.array_equal(seeded, solo[THREE])
+
+
+async def test_stream_is_sentence_chunks_matching_speak(engine: AsyncPiperEngine, solo: dict) -> None:
+    chunks = [c async for c in engine.speak_stream_async(THREE, deterministic=True)]
+    assert len(chunks) == 3
+    assert np.array_equal(np.concatenate(chunks), solo[THREE])
+    first = await engine.speak_async("The quick brown fox jumps over the lazy dog.", deterministic=True)
+    assert np.array_equal(chunks[0], first)
+
+
+async def test_speed_changes_duration(engine: AsyncPiperEngine, solo: dict) -> None:
+    fast = await engine.speak_async(OTHER, speed=2.0, deterministic=True)
+    slow = await engine.speak_async(OTHER, speed=0.5, deterministic=True)
+    normal = len(solo[OTHER])
+    assert 0.4 * normal < len(fast) < 0.65 * normal
+    assert 1.6 * normal < len(slow) < 2.4 * normal
+
+
+async def test_concurrent_requests_all_complete(engine: AsyncPiperEngine, solo: dict) -> None:
+    texts = [THREE, OTHER, THREE, OTHER, OTHER]
+    results = await asyncio.gather(*(engine.speak_async(t, deterministic=True) for t in texts))
+    for text, audio in zip(texts, results):
+        assert np.array_equal(audio, solo[text])
+    stats = engine.stats()
+    assert stats["active"] == 0 and stats["queue_depth"] == 0 and stats["capacity"] == 2
+
+
+async def test_cancel_mid_stream_leaves_others_intact(engine: AsyncPiperEngine, solo: dict) -> None:
+    async def collect(text: str) -> np.ndarray:
+        return np.concatenate([c async for c in engine.speak_stream_async(text, deterministic=True)])
+
+    async def abandon_after_first_chunk() -> int:
+        stream = engine.speak_stream_async(THREE * 3, deterministic=True)
+        first = await stream.__anext__()
+        await stream.aclose()
+        return len(first)
+
+    async def break_out() -> None:
+        async for _ in engine.speak_stream_async(THREE * 3, deterministic=True):
+            break
+
+    victim = asyncio.create_task(engine.speak_async(THREE * 4, deterministic=True))
+    others = [asyncio.create_task(collect(t)) for t in (OTHER, THREE, OTHER)]
+    closed = asyncio.create_task(abandon_after_first_chunk())
+    broken = asyncio.create_task(break_out())
+    await asyncio.sleep(0.3)
+    victim.cancel()
+    results = await asyncio.gather(*others)
+    assert await closed > 0
+    await broken
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    for text, audio in zip((OTHER, THREE, OTHER), results):
+        assert np.array_equal(audio, solo[text])
+    for _ in range(50):  # the abandoned generator is finalised by the loop shortly after `break`
+        if engine.stats()["active"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    stats = engine.stats()
+    assert stats["active"] == 0 and stats["queue_depth"] == 0
+    assert stats["cancelled"] >= 3
+    assert np.array_equal(await engine.speak_async(OTHER, deterministic=True), solo[OTHER])
+
+
+async def test_event_loop_keeps_running_during_synthesis(engine: AsyncPiperEngine) -> None:
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    start = time.perf_counter()
+    await engine.speak_async(THREE * 2)
+    elapsed = time.perf_counter() - start
+    done.set()
+    await tick
+    assert elapsed > 0.3  # enough compute that a blocked loop would show a long gap
+    assert len(gaps) > 20
+    assert max(gaps) < 0.15, f"event loop stalled for {max(gaps):.3f} s"
+
+
+async def test_errors_do_not_break_the_engine(engine: AsyncPiperEngine, solo: dict) -> None:
+    for text in ("", "   \n\t", None):
+        with pytest.raises(InvalidInputError) as info:
+            await engine.speak_async(text)  # type: ignore[arg-type]
+        assert info.value.field == "input"
+    with pytest.raises(InvalidInputError) as info:
+        await engine.speak_async("x " * 20_000)
+    assert info.value.field == "input"
+    for speed in (0.0, 10, "fast", True):
+        with pytest.raises(InvalidInputError) as info:
+            await engine.speak_async("Hello.", speed=speed)
+        assert info.value.field == "speed"
+    with pytest.raises(InvalidInputError) as info:
+        await engine.speak_async("Hello.", temprature=0.3)
+    assert info.value.field == "temprature"
+    with pytest.raises(UnknownVoiceError):
+        await engine.speak_async("Hello.", "nobody")
+    with pytest.raises(UnsupportedOperationError, match="cannot clone"):
+        await engine.clone_voice_async("Hello.", b"RIFF")
+    with pytest.raises(UnsupportedOperationError):
+        async for _ in engine.clone_voice_stream_async("Hello.", b"RIFF"):
+            pass
+    assert engine.stats()["active"] == 0
+    assert np.array_equal(await engine.speak_async(OTHER, deterministic=True), solo[OTHER])
+
+
+async def test_speaker_presets_persist(tmp_path: Path, solo: dict) -> None:
+    first = AsyncPiperEngine(speakers_dir=tmp_path)
+    await first.add_speaker("quick", voice="joe", speed=2.0, deterministic=True)
+    assert first.list_speakers() == ["en_US-joe-medium", "joe", "quick"]
+    with pytest.raises(UnsupportedOperationError):
+        await first.add_speaker("clone", audio=b"RIFF....")
+    with pytest.raises(InvalidInputError) as info:
+        await first.add_speaker("../evil", voice="joe")
+    assert info.value.field == "name"
+    with pytest.raises(InvalidInputError):
+        await first.add_speaker("joe", speed=1.5)
+    with pytest.raises(InvalidInputError) as info:
+        await first.add_speaker("slowest", speed=0.01)
+    assert info.value.field == "speed"
+    await first.shutdown()
+
+    second = AsyncPiperEngine(speakers_dir=tmp_path)  # a fresh process would see the same store
+    assert "quick" in second.list_speakers()
+    quick = await second.speak_async(OTHER, "quick")
+    assert 0.4 * len(solo[OTHER]) < len(quick) < 0.65 * len(solo[OTHER])
+    await second.delete_speaker("quick")
+    assert "quick" not in second.list_speakers()
+    with pytest.raises(UnknownVoiceError):
+        await second.delete_speaker("quick")
+    with pytest.raises(InvalidInputError):
+        await second.delete_speaker("joe")
+    await second.shutdown()
+
+
+async def test_shutdown_refuses_every_call() -> None:
+    engine = AsyncPiperEngine()
+    assert len(await engine.speak_async("Ready.")) > 0
+    await engine.shutdown()
+    await engine.shutdown()  # idempotent
+    assert engine.stats()["closed"] is True
+    with pytest.raises(EngineClosedError):
+        await engine.speak_async("Hello.")
+    with pytest.raises(EngineClosedError):
+        async for _ in engine.speak_stream_async("Hello."):
+            pass
+    with pytest.raises(EngineClosedError):
+        await engine.add_speaker("x", voice="joe")
+    with pytest.raises(EngineClosedError):
+        await engine.delete_speaker("x")
+    with pytest.raises(EngineClosedError):
+        await engine.clone_voice_async("Hello.", b"")
