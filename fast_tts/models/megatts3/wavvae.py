@@ -1,0 +1,123 @@
+"""MegaTTS3 WaveVAE decoder: 25 Hz latents (B, T, 32) -> 24 kHz waveform (B, 1, 960*T).
+
+The checkpoint stores legacy weight-norm pairs (`weight_g`, `weight_v`); `fold_weight_norm` turns them into plain
+`weight` tensors once at load time, so inference runs ordinary convolutions.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LATENT_DIM = 32
+HOP = 960  # samples per latent frame
+
+
+def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace each `X.weight_g`/`X.weight_v` pair by `X.weight = g * v / ||v||` (norm over all dims but 0)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(".weight_g"):
+            continue
+        if key.endswith(".weight_v"):
+            base = key[: -len("_v")]
+            g = state.get(base + "_g")
+            if g is None:
+                raise KeyError(f"{key} has no matching {base}_g")
+            v = value.float()
+            norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+            out[base] = (v * (g.float() / norm)).to(value.dtype)
+        else:
+            out[key] = value
+    return out
+
+
+class Upsample(nn.Module):
+    """x + sin(x), then nearest-upsample+conv7 plus a transposed-conv branch; halves the channels."""
+
+    def __init__(self, channels: int, ratio: int) -> None:
+        super().__init__()
+        self.ratio = ratio
+        rk = max(ratio, 5)
+        self.upsample = nn.Sequential(
+            nn.Upsample(scale_factor=ratio, mode="nearest"),
+            nn.LeakyReLU(0.2),
+            nn.ReflectionPad1d(3),
+            nn.Conv1d(channels, channels // 2, 7),
+        )
+        self.trans_upsample = nn.Sequential(
+            nn.LeakyReLU(0.2),
+            nn.ConvTranspose1d(channels, channels // 2, rk * 2, stride=ratio, padding=rk - ratio // 2,
+                               output_padding=ratio % 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + torch.sin(x)
+        return self.upsample(x) + self.trans_upsample(x)
+
+
+class ResStack(nn.Module):
+    """HiFi-GAN v2 residual stack: dilations (1, 3, 5), each followed by a dilation-1 conv."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel, dilation=d, padding=(kernel * d - d) // 2) for d in (1, 3, 5)
+        )
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2):
+            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, 0.2)), 0.2))
+        return x
+
+
+class MultiReceptive(nn.Module):
+    """Mean of three residual stacks with kernels 3, 7 and 11."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block1, self.block2, self.block3 = ResStack(channels, 3), ResStack(channels, 7), ResStack(channels, 11)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.block1(x) + self.block2(x) + self.block3(x)) / 3
+
+
+class Generator(nn.Module):
+    """Conv7 160->2048, four (Upsample + MRF) stages with ratios 5,4,4,3, then conv7 -> 1 and tanh."""
+
+    def __init__(self, in_channels: int = 160, ngf: int = 128, ratios: tuple[int, ...] = (5, 4, 4, 3),
+                 use_tanh: bool = True) -> None:
+        super().__init__()
+        mult = 2 ** len(ratios)
+        layers: list[nn.Module] = [nn.ReflectionPad1d(3), nn.Conv1d(in_channels, mult * ngf, 7)]
+        for r in ratios:
+            layers += [Upsample(mult * ngf, r), MultiReceptive(mult * ngf // 2)]
+            mult //= 2
+        layers += [nn.LeakyReLU(0.2), nn.ReflectionPad1d(3), nn.Conv1d(ngf, 1, 7)]
+        layers.append(nn.Tanh() if use_tanh else nn.Conv1d(1, 1, 1))
+        self.model_up = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model_up(x)
+
+
+class WaveVAEDecoder(nn.Module):
+    """Decoder path of WavVAE_V3 (the official `decoder.ckpt`): latent -> Linear -> Upsample x4 -> Generator."""
+
+    def __init__(self, use_tanh: bool = True) -> None:
+        super().__init__()
+        self.proj_to_decoder = nn.Linear(LATENT_DIM, 320)
+        self.latent_upsampler = Upsample(320, 4)
+        self.decoder = Generator(use_tanh=use_tanh)
+
+    def upsample_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, T, 32) -> (B, 160, 4T) features at 100 Hz."""
+        return self.latent_upsampler(self.proj_to_decoder(latent).transpose(1, 2))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """Decode latents (B, T, 32) into audio (B, 1, 960*T)."""
+        return self.decoder(self.upsample_latent(latent))
