@@ -1,0 +1,1 @@
+"""HTTP server: OpenAI-compatible and native routes, web page, metrics, auth and limits (`fast-tts serve`)."""

@@ -1,0 +1,84 @@
+"""`fast-tts serve`: the flags and the entry point (fast_tts.cli imports these lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fast_tts.server.config import ServerConfig, parse_aliases
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the serve flags to `parser`."""
+    parser.add_argument("--model", default=None, help="model folder (default: the bundled Piper voice)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route")
+    parser.add_argument("--max-text-chars", type=int, default=4096, help="longest accepted input text")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted uploaded file")
+    parser.add_argument("--max-concurrency", type=int, default=8, help="syntheses running at once")
+    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 429")
+    parser.add_argument("--queue-timeout", type=float, default=120.0, help="seconds a request may wait (then 503)")
+    parser.add_argument("--allow-url-audio", action="store_true", help="allow reference audio given as a URL")
+    parser.add_argument("--speakers-dir", default=None,
+                        help="where saved speakers live (default $XDG_DATA_HOME/fast-tts/speakers)")
+    parser.add_argument("--model-name", default=None, help="model id reported by /v1/models")
+    parser.add_argument("--voice-alias", action="append", default=[], metavar="NAME=VOICE",
+                        help="map an OpenAI voice name (alloy, nova, ...) to one of ours; repeatable")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig the flags describe (ValueError on a malformed alias)."""
+    return ServerConfig(
+        api_key=args.api_key or None,
+        max_text_chars=args.max_text_chars,
+        max_upload_mb=args.max_upload_mb,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout,
+        allow_url_audio=args.allow_url_audio,
+        model_name=args.model_name,
+        voice_aliases=parse_aliases(args.voice_alias),
+    )
+
+
+def default_speakers_dir() -> Path:
+    """$XDG_DATA_HOME/fast-tts/speakers (~/.local/share/... when unset): speakers outlive the process."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "fast-tts" / "speakers"
+
+
+def _engine_factory(args: argparse.Namespace) -> Any:
+    """Build the engine inside uvicorn's event loop (engines may bind loop resources at construction)."""
+
+    def build() -> Any:
+        from fast_tts.engine.auto import AutoEngine
+
+        return AutoEngine(model_path=args.model, speakers_dir=args.speakers_dir or default_speakers_dir())
+
+    return build
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted; returns the exit status."""
+    import uvicorn
+
+    from fast_tts.server.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        logging.getLogger("fast_tts.server").error("%s", exc)
+        return 2
+    app = create_app(_engine_factory(args), config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=5, lifespan="on",
+    ))
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,118 @@
+"""Native routes: speak with every engine parameter, clone from an upload, health and metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fast_tts.errors import FastTTSError
+from fast_tts.server.problems import ApiError, from_engine_error
+from fast_tts.server.routes.common import require_json
+from fast_tts.server.schemas import AudioFormat, EngineParams, SpeakRequest
+from fast_tts.server.state import ServerState, get_state
+from fast_tts.server.synthesis import stream_audio, whole_audio
+from fast_tts.server.uploads import parse_multipart, reference_audio_from_form
+
+router = APIRouter()
+
+
+@router.post("/api/speak", dependencies=[Depends(require_json)])
+async def speak(body: SpeakRequest, request: Request, state: ServerState = Depends(get_state)) -> Response:
+    """Synthesize `text` with any engine parameters; streams unless `stream` is false."""
+    text = state.check_text(body.text, "text")
+    try:
+        voice = state.resolve_voice(body.voice, "voice")
+    except FastTTSError as exc:
+        raise from_engine_error(exc) from exc
+    kwargs = body.engine_kwargs()
+    engine = state.engine
+    if body.stream:
+        return await stream_audio(
+            state, request, lambda: engine.speak_stream_async(text, voice, **kwargs), body.response_format,
+            "/api/speak",
+        )
+    return await whole_audio(
+        state, request, lambda: engine.speak_async(text, voice, **kwargs), body.response_format, "/api/speak"
+    )
+
+
+class CloneForm(EngineParams):
+    """The non-file fields of POST /api/clone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    reference_text: str | None = Field(default=None, max_length=4096)
+    reference_audio_url: str | None = Field(default=None, max_length=2048)
+    response_format: AudioFormat = "wav"
+    stream: bool = True
+
+
+def validate_form(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    """Validate form fields with pydantic; the first error becomes a 422 naming its field."""
+    if isinstance(fields.get("params"), str):
+        try:
+            fields["params"] = json.loads(fields["params"])
+        except json.JSONDecodeError as exc:
+            raise ApiError(422, f"params: not valid JSON ({exc.msg})", "params", "invalid_value") from None
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(422, f"{param}: {err['msg']}", param, "invalid_value") from None
+
+
+@router.post("/api/clone")
+async def clone(request: Request, state: ServerState = Depends(get_state)) -> Response:
+    """Speak `text` in the voice of an uploaded reference clip (multipart: reference_audio, reference_text)."""
+    engine = state.engine
+    if not engine.can_clone:
+        raise ApiError(501, f"the served {engine.family} model cannot clone voices", "reference_audio",
+                       "unsupported_operation")
+    fields, files = await parse_multipart(request, state.config, ("reference_audio",))
+    form = validate_form(CloneForm, fields)
+    text = state.check_text(form.text, "text")
+    reference = await reference_audio_from_form(state.config, files.get("reference_audio"),
+                                                form.reference_audio_url, "reference_audio")
+    kwargs = form.engine_kwargs()
+    kwargs.pop("reference_audio_url", None)
+    ref_text = form.reference_text
+    if form.stream:
+        return await stream_audio(
+            state, request,
+            lambda: engine.clone_voice_stream_async(text, reference, reference_text=ref_text, **kwargs),
+            form.response_format, "/api/clone",
+        )
+    return await whole_audio(
+        state, request, lambda: engine.clone_voice_async(text, reference, reference_text=ref_text, **kwargs),
+        form.response_format, "/api/clone",
+    )
+
+
+@router.get("/health")
+async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """Liveness plus what is served and how busy it is."""
+    engine = state.engine
+    return {
+        "status": "ok",
+        "model": state.model_id,
+        "family": engine.family,
+        "sample_rate": engine.sample_rate,
+        "default_voice": engine.default_voice,
+        "can_clone": engine.can_clone,
+        "active": state.gate.active,
+        "queued": state.gate.waiting,
+        "capacity": state.gate.capacity,
+        "engine": engine.stats(),
+    }
+
+
+@router.get("/metrics")
+async def metrics(state: ServerState = Depends(get_state)) -> Response:
+    """Prometheus text format."""
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+

@@ -1,0 +1,74 @@
+"""Speakers: create (JSON preset or multipart with reference audio), list, delete; persisted by the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from fast_tts.errors import FastTTSError, UnknownVoiceError
+from fast_tts.server.problems import ApiError, from_engine_error
+from fast_tts.server.routes.native import validate_form
+from fast_tts.server.schemas import SpeakerRequest
+from fast_tts.server.state import ServerState, get_state
+from fast_tts.server.uploads import parse_multipart, reference_audio_from_form
+from fast_tts.speakers import validate_name
+
+router = APIRouter(prefix="/api/speakers")
+
+
+class _SpeakerForm(SpeakerRequest):
+    """Multipart variant: may also name a URL for the reference audio."""
+
+    audio_url: str | None = None
+
+
+@router.get("")
+async def list_speakers(state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """Saved speakers and the default voice."""
+    return {"default": state.engine.default_voice, "speakers": sorted(state.engine.list_speakers())}
+
+
+@router.post("", status_code=201)
+async def create_speaker(request: Request, state: ServerState = Depends(get_state)) -> JSONResponse:
+    """Save a speaker under `name`; 409 when the name is taken."""
+    content_type = request.headers.get("content-type", "").lower()
+    audio: bytes | None = None
+    if content_type.startswith("multipart/form-data"):
+        fields, files = await parse_multipart(request, state.config, ("audio",))
+        form = validate_form(_SpeakerForm, fields)
+        audio = await reference_audio_from_form(state.config, files.get("audio"), form.audio_url, "audio",
+                                                required=False)
+    elif content_type.split(";")[0].strip() == "application/json":
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise ApiError(400, "body is not valid JSON", "body", "invalid_json") from None
+        if not isinstance(payload, dict):
+            raise ApiError(422, "body must be a JSON object", "body", "invalid_value")
+        form = validate_form(SpeakerRequest, payload)
+    else:
+        raise ApiError(415, "expected application/json or multipart/form-data", "Content-Type",
+                       "unsupported_media_type")
+    try:
+        name = validate_name(form.name)
+        if name in state.engine.list_speakers() or name == state.engine.default_voice:
+            raise ApiError(409, f"speaker {name!r} already exists", "name", "speaker_exists")
+        await state.engine.add_speaker(name, audio=audio, reference_text=form.reference_text, **form.params)
+    except FastTTSError as exc:
+        raise from_engine_error(exc) from exc
+    return JSONResponse({"name": name}, status_code=201)
+
+
+@router.delete("/{name}")
+async def delete_speaker(name: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """Remove a saved speaker; 404 if there is none by that name."""
+    try:
+        validate_name(name)
+        if name not in state.engine.list_speakers():
+            raise UnknownVoiceError(name, field="name")
+        await state.engine.delete_speaker(name)
+    except FastTTSError as exc:
+        raise from_engine_error(exc) from exc
+    return {"deleted": name}
