@@ -76,6 +76,34 @@ def test_normalize_keeps_line_breaks_and_handles_odd_input() -> None:
     assert normalize("我有3个", "en") == "我有three个"
 
 
+def test_normalize_undoes_wetext_escapes_and_reads_grouped_numbers() -> None:
+    assert normalize('He said "hi" 3 times', "en") == 'He said "hi" three times'  # wetext itself returns \\"hi\\"
+    assert normalize('他说"你好"3次') == '他说"你好"三次'
+    assert normalize("1,000 ", "zh") == "一千 "
+    assert normalize("It costs $2,000", "en") == "It costs two thousand dollars"
+
+
+_NORM_PIECES = (
+    list("你好世界天气很") + ["hello", "world", "iPhone", "apples", "3.14", "2024", "10:30", "1,000", "$5", "25%"]
+    + ["12.5kg", "3/4", "-7", "No.1", "€", "°C", "&", "@"] + list("。！？；.!?;，,、：:") + [" "] * 6
+    + ["\n", "“", "”", "\"", "[uv_break]", "[laugh]", "[speed_5]"]
+)
+
+
+def _spaced_numbers(pieces: list[str]) -> str:
+    """Join pieces, with a space after any piece that starts or ends with a digit (so numbers are not glued)."""
+    return "".join(p + " " if p[0].isdigit() or p[-1].isdigit() else p for p in pieces)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(_NORM_PIECES), max_size=30).map(_spaced_numbers), st.sampled_from([None, "zh", "en", "mixed"]))
+def test_normalize_properties(text: str, lang: str | None) -> None:
+    out = normalize(text, lang)
+    assert TAG_RE.findall(out) == TAG_RE.findall(text)
+    assert out.count("\n") == text.count("\n")
+    assert not ASCII_DIGIT.search(TAG_RE.sub("", out)), (text, out)
+
+
 def test_normalize_rejects_unknown_lang() -> None:
     with pytest.raises(InvalidInputError) as err:
         normalize("hi", "fr")

@@ -20,6 +20,10 @@ _RUN_RE = re.compile(
     f"(?P<zh>[{CJK_CHARS}{CJK_PUNCT}]+)|(?P<en>[A-Za-z\u00c0-\u024f]+)|(?P<n>[^{CJK_CHARS}{CJK_PUNCT}A-Za-z\u00c0-\u024f]+)"
 )
 _SPACES_RE = re.compile(r"\s+")
+_ESCAPED_RE = re.compile(r'\\(["\\])')
+# Thousands separators: the Chinese FST sometimes reads "1,000" digit by digit, so they are dropped before it.
+_GROUPED_RE = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
+_NUMBER_RE = re.compile(r"\d+(?:[.,:/]\d+)*")
 # Full-width digits, letters and percent sign read like their ASCII forms; CJK punctuation is left as written.
 _FULL_WIDTH = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)}
 _FULL_WIDTH[0xFF05] = ord("%")
@@ -38,16 +42,20 @@ class _CachedNormalizer:
         self._lock = threading.Lock()
 
     def __call__(self, text: str) -> str:
-        """Normalize one run of text; if the FST rejects it, fall back word by word, then to the raw word."""
+        """Normalize one run; if the FST rejects it, retry word by word, then read only the numbers of a bad word."""
         try:
             with self._lock:
-                return self._normalizer.normalize(text)
+                spoken = self._normalizer.normalize(text)
+            return _ESCAPED_RE.sub(r"\1", spoken)  # wetext backslash-escapes quotes and backslashes
         except Exception:  # wetext raises bare AssertionError/RuntimeError on input its FST cannot read
-            words = text.split(" ")
-            if len(words) == 1:
-                log.warning("wetext (%s) could not normalize %r; kept as written", self.lang, text)
-                return text
+            pass
+        words = text.split(" ")
+        if len(words) > 1:
             return " ".join(self(w) if w else w for w in words)
+        if _NUMBER_RE.fullmatch(text) or not _NUMBER_RE.search(text):
+            log.warning("wetext (%s) could not normalize %r; kept as written", self.lang, text)
+            return text
+        return _SPACES_RE.sub(" ", _NUMBER_RE.sub(lambda m: f" {self(m.group())} ", text)).strip()
 
 
 _cache: dict[str, _CachedNormalizer] = {}
@@ -119,9 +127,11 @@ def _apply(label: str, run: str) -> str:
     core = run.strip()
     if not core:
         return run
-    if label == "en" or not any(c.isdigit() for c in core):
-        if label == "zh":
+    if label == "zh":
+        if not any(c.isdigit() for c in core):
             return run  # the Chinese FST only rewrites text with digits
+        core = _GROUPED_RE.sub(lambda m: m.group().replace(",", ""), core)
+    else:
         core = _SPACES_RE.sub(" ", core)  # the English FST rejects runs of spaces
     lead = run[: len(run) - len(run.lstrip())]
     trail = run[len(run.rstrip()) :]
