@@ -84,9 +84,12 @@ def test_normalize_undoes_wetext_escapes_and_reads_grouped_numbers() -> None:
 
 
 _NORM_PIECES = (
-    list("你好世界天气很") + ["hello", "world", "iPhone", "apples", "3.14", "2024", "10:30", "1,000", "$5", "25%"]
-    + ["12.5kg", "3/4", "-7", "No.1", "€", "°C", "&", "@"] + list("。！？；.!?;，,、：:") + [" "] * 6
-    + ["\n", "“", "”", "\"", "[uv_break]", "[laugh]", "[speed_5]"]
+    list("你好世界天气很")
+    + ["hello", "world", "iPhone", "apples", "3.14", "2024", "10:30", "1,000", "$5", "25%"]
+    + ["12.5kg", "3/4", "-7", "No.1", "€", "°C", "&", "@"]
+    + list("。！？；.!?;，,、：:")
+    + [" "] * 6
+    + ["\n", "“", "”", '"', "[uv_break]", "[laugh]", "[speed_5]"]
 )
 
 
@@ -96,7 +99,10 @@ def _spaced_numbers(pieces: list[str]) -> str:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(_NORM_PIECES), max_size=30).map(_spaced_numbers), st.sampled_from([None, "zh", "en", "mixed"]))
+@given(
+    st.lists(st.sampled_from(_NORM_PIECES), max_size=30).map(_spaced_numbers),
+    st.sampled_from([None, "zh", "en", "mixed"]),
+)
 def test_normalize_properties(text: str, lang: str | None) -> None:
     out = normalize(text, lang)
     assert TAG_RE.findall(out) == TAG_RE.findall(text)
@@ -111,7 +117,12 @@ def test_normalize_rejects_unknown_lang() -> None:
 
 
 def test_normalize_thread_safe() -> None:
-    texts = ["I have 3 apples and $5.50.", "2024年3月5日下午3点。", "Room 12 costs 40% less.", "温度25%，价格12.5元。"] * 6
+    texts = [
+        "I have 3 apples and $5.50.",
+        "2024年3月5日下午3点。",
+        "Room 12 costs 40% less.",
+        "温度25%，价格12.5元。",
+    ] * 6
     serial = [normalize(t) for t in texts]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(normalize, texts)) == serial
@@ -150,7 +161,14 @@ def test_text_length_units() -> None:
 
 def test_split_sentences() -> None:
     text = "今天天气很好。我们走吧！好吗？Pi is 3.14. Really?\n新的一段[uv_break]"
-    assert split_sentences(text) == ["今天天气很好。", "我们走吧！", "好吗？", "Pi is 3.14.", "Really?", "新的一段[uv_break]"]
+    assert split_sentences(text) == [
+        "今天天气很好。",
+        "我们走吧！",
+        "好吗？",
+        "Pi is 3.14.",
+        "Really?",
+        "新的一段[uv_break]",
+    ]
     assert split_sentences("。。。你好。[uv_break]") == ["。。。你好。[uv_break]"]
 
 
@@ -192,8 +210,10 @@ def test_split_text_custom_length_fn_and_validation() -> None:
 
 
 _PIECES = (
-    list("你好世界天气很") + ["hello", "world", "iPhone", "3.14", "2024", "10:30", "1,000"]
-    + list("。！？；.!?;，,、：:…") + [" ", "  ", "\n", "\n\n", "《", "》", "“", "”", "\"", "("]
+    list("你好世界天气很")
+    + ["hello", "world", "iPhone", "3.14", "2024", "10:30", "1,000"]
+    + list("。！？；.!?;，,、：:…")
+    + [" ", "  ", "\n", "\n\n", "《", "》", "“", "”", '"', "("]
     + ["[uv_break]", "[laugh]", "[speed_5]", "[break_3]"]
 )
 

@@ -1,4 +1,4 @@
-"""Replace characters that TTS models cannot voice (book-title and corner brackets, line breaks) with plain punctuation."""
+"""Replace what TTS models cannot voice (book-title and corner brackets, line breaks) with plain punctuation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fast_tts.text.tags import split_tags
 
 # Brackets and typographic quotes only mark titles or quotations: they carry no sound, so they go.
 _SILENT_MARKS = re.compile("[《》〈〉「」『』【】〔〕“”]")
-_DASHES = re.compile("(?:——|—|–|--)+")
+_DASHES = re.compile("(?:—|--)+")  # em dashes; the en dash of ranges (10–20) stays
 _ELLIPSIS = re.compile("(?:……|…|\\.{3,})+")
 _LINE_BREAK = re.compile(r"[ \t]*[\r\n]+[\s]*")
 _SPACES = re.compile(r"[ \t\u3000]+")

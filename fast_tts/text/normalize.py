@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from itertools import pairwise
 from typing import Any, Literal
 
 from fast_tts.errors import InvalidInputError, MissingDependencyError
@@ -25,7 +26,9 @@ _ESCAPED_RE = re.compile(r'\\(["\\])')
 _GROUPED_RE = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
 _NUMBER_RE = re.compile(r"\d+(?:[.,:/]\d+)*")
 # Full-width digits, letters and percent sign read like their ASCII forms; CJK punctuation is left as written.
-_FULL_WIDTH = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)}
+_FULL_WIDTH = {
+    c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A)) for c in range(r[0], r[1] + 1)
+}
 _FULL_WIDTH[0xFF05] = ord("%")
 
 
@@ -93,7 +96,7 @@ def normalize(text: str, lang: str | None = None) -> str:
             continue
         # Sentence by sentence: FST time grows faster than linearly with input length; line breaks end sentences.
         cuts = [0, *(m.end() for m in SENTENCE_END_RE.finditer(piece)), len(piece)]
-        for s, e in zip(cuts, cuts[1:]):
+        for s, e in pairwise(cuts):
             out.extend(_apply(label, run) for label, run in _label_runs(piece[s:e], mode))
     return "".join(out)
 
@@ -114,7 +117,7 @@ def _label_runs(sentence: str, mode: str) -> list[tuple[str, str]]:
             before = next((k for k, _ in reversed(tokens[:i]) if k != "n"), None)
             labels.append(after or before or "en")
     runs: list[tuple[str, str]] = []
-    for label, (_, chunk) in zip(labels, tokens):
+    for label, (_, chunk) in zip(labels, tokens, strict=True):
         if runs and runs[-1][0] == label:
             runs[-1] = (label, runs[-1][1] + chunk)
         else:

@@ -13,8 +13,3 @@ LATIN_WORD_RE = re.compile(r"[A-Za-z\u00c0-\u024f]+(?:['\u2019][A-Za-z\u00c0-\u0
 _LETTER = f"(?:(?![{CJK_CHARS}])[^\\W\\d_])"
 # One spoken unit: a CJK character, a number such as 12.5 or 10:30, or a word in any other alphabetic script.
 UNIT_RE = re.compile(f"[{CJK_CHARS}]|\\d+(?:[.,:/]\\d+)*|{_LETTER}+(?:['\u2019]{_LETTER}+)*")
-
-
-def is_cjk(ch: str) -> bool:
-    """True for a CJK ideograph, kana or hangul character."""
-    return CJK_RE.match(ch) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import pairwise
 
 from fast_tts.errors import InvalidInputError
 from fast_tts.text.script import CJK_CHARS, UNIT_RE
@@ -11,9 +12,7 @@ from fast_tts.text.tags import TAG_RE, strip_tags
 
 _CLOSERS = "\"'”’）)》」』】"
 # ASCII . ! ? ; end a sentence only before a space, the end, CJK or a tag (so 3.14 and e.g.x stay whole).
-SENTENCE_END_RE = re.compile(
-    f"[。！？；…]+[{_CLOSERS}]*|[.!?;]+[{_CLOSERS}]*(?=\\s|$|[{CJK_CHARS}]|\\[)|\\n+"
-)
+SENTENCE_END_RE = re.compile(f"[。！？；…]+[{_CLOSERS}]*|[.!?;]+[{_CLOSERS}]*(?=\\s|$|[{CJK_CHARS}]|\\[)|\\n+")
 # ASCII , and : cut a clause only when no digit follows (1,000 and 10:30 stay whole).
 _CLAUSE_END_RE = re.compile(f"(?:[，、：]|[,:](?!\\d))+[{_CLOSERS}]*")
 # Atoms for a hard cut: tags (never entered) and spoken units (a cut may start before one).
@@ -38,7 +37,7 @@ def _spans_at(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list
     cuts = [m.end() for m in pattern.finditer(text, start, end) if start < m.end() < end]
     bounds = [start, *cuts, end]
     spans: list[Span] = []
-    for s, e in zip(bounds, bounds[1:]):
+    for s, e in pairwise(bounds):
         if spans and not _has_content(text[s:e]):
             spans[-1] = (spans[-1][0], e)  # punctuation-only: merge into the previous piece
         elif spans and not _has_content(text[spans[-1][0] : spans[-1][1]]):
