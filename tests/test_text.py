@@ -29,7 +29,8 @@ ASCII_DIGIT = re.compile("[0-9]")
 def test_normalize_en_speaks_numbers_and_money() -> None:
     out = normalize("I have 3 apples and $5.50", "en")
     assert not ASCII_DIGIT.search(out)
-    assert "three apples" in out and "five" in out and "dollar" in out
+    assert out == "I have three apples and five dollars and fifty cents"
+    assert normalize("It was $0.99, now £1.01.", "en") == "It was ninety nine cents, now one pound and one penny."
 
 
 def test_normalize_en_exact() -> None:
@@ -81,6 +82,9 @@ def test_normalize_undoes_wetext_escapes_and_reads_grouped_numbers() -> None:
     assert normalize('他说"你好"3次') == '他说"你好"三次'
     assert normalize("1,000 ", "zh") == "一千 "
     assert normalize("It costs $2,000", "en") == "It costs two thousand dollars"
+    assert normalize("1,000 people paid $1,500.25", "en") == (
+        "one thousand people paid one thousand five hundred dollars and twenty five cents"
+    )  # wetext alone says "thousand people" and "thousand five hundred dollars"
 
 
 _NORM_PIECES = (

@@ -24,6 +24,12 @@ _SPACES_RE = re.compile(r"\s+")
 _ESCAPED_RE = re.compile(r'\\(["\\])')
 # Thousands separators: the Chinese FST sometimes reads "1,000" digit by digit, so they are dropped before it.
 _GROUPED_RE = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
+# Amounts with cents: the English FST says "$5.50" as "five point five dollars"; we spell major and minor units.
+_CENTS_RE = re.compile(r"([$£€])(\d{1,3}(?:,\d{3})+|\d+)\.(\d\d)\b(?!\s*(?:[kKmMbB]\b|thousand|million|billion))")
+_CURRENCY_UNITS = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "euros", "cent", "cents")}
+_CURRENCY_UNITS["£"] = ("pound", "pounds", "penny", "pence")
+# The English FST drops the "one" of 1,000 to 1,999 ("thousand five hundred"); we write "1 thousand 500" for it.
+_ONE_THOUSAND_RE = re.compile(r"(?<![\d,.])([$£€]?)1,(\d{3})(?![\d,]|\.\d)")
 _NUMBER_RE = re.compile(r"\d+(?:[.,:/]\d+)*")
 # Full-width digits, letters and percent sign read like their ASCII forms; CJK punctuation is left as written.
 _FULL_WIDTH = {
@@ -135,7 +141,26 @@ def _apply(label: str, run: str) -> str:
             return run  # the Chinese FST only rewrites text with digits
         core = _GROUPED_RE.sub(lambda m: m.group().replace(",", ""), core)
     else:
-        core = _SPACES_RE.sub(" ", core)  # the English FST rejects runs of spaces
+        core = _CENTS_RE.sub(_say_cents, _SPACES_RE.sub(" ", core))  # the English FST rejects runs of spaces
+        core = _ONE_THOUSAND_RE.sub(_say_one_thousand, core)
     lead = run[: len(run) - len(run.lstrip())]
     trail = run[len(run.rstrip()) :]
     return lead + get_normalizer(label)(core) + trail  # type: ignore[arg-type]
+
+
+def _say_cents(match: re.Match[str]) -> str:
+    """ "$5.50" -> "5 dollars and 50 cents", left for the English FST to read the two numbers."""
+    one, many, minor_one, minor_many = _CURRENCY_UNITS[match.group(1)]
+    whole, cents = match.group(2), int(match.group(3))
+    major = f"{whole} {one if whole == '1' else many}"
+    minor = f"{cents} {minor_one if cents == 1 else minor_many}"
+    if cents == 0:
+        return major
+    return minor if whole == "0" else f"{major} and {minor}"
+
+
+def _say_one_thousand(match: re.Match[str]) -> str:
+    """ "1,500" -> "1 thousand 500" and "$1,000" -> "1 thousand dollars", which the English FST reads in full."""
+    rest = int(match.group(2))
+    words = "1 thousand" + (f" {rest}" if rest else "")
+    return f"{words} {_CURRENCY_UNITS[match.group(1)][1]}" if match.group(1) else words
