@@ -1,0 +1,234 @@
+"""Load a ChatTTS checkpoint in the official layout (Hugging Face repo 2Noise/ChatTTS) into plain PyTorch modules.
+
+Layout under `root`: `asset/{Vocos,DVAE,Decoder,Embed}.safetensors`, `asset/gpt/{config.json,model.safetensors}`,
+`asset/tokenizer/tokenizer.json`. Sizes come from `gpt/config.json` and the tensor shapes (config.py).
+
+`spk_stat` (std ++ mean of the speaker distribution, needed by `sample_random_speaker`) is not part of the
+released files: the reference keeps it in its Python config. Pass it as an argument or put it in
+`asset/spk_stat.json` as {"spk_stat": "<base16384 string>"}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from fast_tts.errors import ModelLoadError
+from fast_tts.models.chattts.config import ChatTTSConfig, config_from_shapes
+from fast_tts.models.chattts.dvae import DVAE, MelDecoder
+from fast_tts.models.chattts.gpt import WN_G, WN_V, ChatTTSEmbed, ChatTTSGPT, CodeLM, TextLM
+from fast_tts.models.chattts.quantizer import ScaleBase
+from fast_tts.models.chattts.speaker import parse_spk_stat
+from fast_tts.models.chattts.tokenizer import ChatTTSTokenizer
+from fast_tts.models.chattts.vocos import Vocos
+from fast_tts.models.transformer import Transformer, _fuse_checkpoint_names
+
+COMPONENT_FILES = {
+    "vocos": "asset/Vocos.safetensors",
+    "dvae": "asset/DVAE.safetensors",
+    "decoder": "asset/Decoder.safetensors",
+    "embed": "asset/Embed.safetensors",
+    "gpt": "asset/gpt/model.safetensors",
+}
+GPT_CONFIG = "asset/gpt/config.json"
+TOKENIZER = "asset/tokenizer/tokenizer.json"
+SPK_STAT = "asset/spk_stat.json"
+# Files the reference hashes; the sha256 map key is "sha256_" + path with "/" and "." replaced by "_".
+HASHED_FILES = (
+    "asset/Decoder.safetensors", "asset/DVAE.safetensors", "asset/Embed.safetensors", "asset/Vocos.safetensors",
+    "asset/gpt/config.json", "asset/gpt/model.safetensors", "asset/tokenizer/special_tokens_map.json",
+    "asset/tokenizer/tokenizer_config.json", "asset/tokenizer/tokenizer.json",
+)
+# Tensors a checkpoint may carry that nothing uses (the reference deletes the GPT's token embedding).
+IGNORED = {"gpt": {"embed_tokens.weight"}}
+
+
+def sha256_key(rel_path: str) -> str:
+    """The reference's sha256-map key of a file, e.g. `sha256_asset_gpt_config_json`."""
+    return "sha256_" + rel_path.replace("/", "_").replace(".", "_")
+
+
+@dataclass
+class ChatTTSModels:
+    """The loaded ChatTTS modules (eval mode) plus tokenizer and speaker statistics."""
+
+    config: ChatTTSConfig
+    gpt: ChatTTSGPT
+    dvae: DVAE
+    decoder: MelDecoder
+    vocos: Vocos
+    tokenizer: ChatTTSTokenizer
+    spk_std: torch.Tensor | None
+    spk_mean: torch.Tensor | None
+
+    @property
+    def code_lm(self) -> CodeLM:
+        """LM adapter for code generation."""
+        return CodeLM(self.gpt)
+
+    @property
+    def text_lm(self) -> TextLM:
+        """LM adapter for text refinement."""
+        return TextLM(self.gpt)
+
+
+def verify_files(root: Path, sha256_map: Mapping[str, str]) -> None:
+    """Check every file named in `sha256_map` (reference key names); ModelLoadError naming the first mismatch."""
+    known = {sha256_key(p): p for p in HASHED_FILES}
+    for key, expected in sha256_map.items():
+        if key not in known:
+            raise ModelLoadError(f"unknown sha256 map key {key!r}; known keys: {', '.join(sorted(known))}")
+        path = root / known[key]
+        if not path.is_file():
+            raise ModelLoadError(f"missing checkpoint file {path}")
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected.lower():
+            raise ModelLoadError(
+                f"sha256 mismatch for {path}: got {digest.hexdigest()}, expected {expected} ({key})"
+            )
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def _checkpoint_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes a module expects in its checkpoint (before weight-norm folding and fusion)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    heads = {n for n, m in module.named_modules() if n.startswith(("head_code", "head_text")) and isinstance(m, nn.Linear)}
+    for key, t in module.state_dict().items():
+        base, _, leaf = key.rpartition(".")
+        if base in heads and leaf == "weight":
+            shapes[f"{base}.{WN_G}"] = (t.shape[0], 1)
+            shapes[f"{base}.{WN_V}"] = tuple(t.shape)
+        elif key.endswith("self_attn.wqkv.weight"):
+            attn = module.get_submodule(base.rpartition(".")[0])
+            for name, rows in zip("qkv", attn.split):
+                shapes[f"{base[: -len('wqkv')]}{name}_proj.weight"] = (rows, t.shape[1])
+        elif key.endswith("self_attn.wqkv.bias"):
+            attn = module.get_submodule(base.rpartition(".")[0])
+            for name, rows in zip("qkv", attn.split):
+                shapes[f"{base[: -len('wqkv')]}{name}_proj.bias"] = (rows,)
+        elif key.endswith("mlp.w13.weight"):
+            for name in ("gate_proj", "up_proj"):
+                shapes[f"{base[: -len('w13')]}{name}.weight"] = (t.shape[0] // 2, t.shape[1])
+        else:
+            shapes[key] = tuple(t.shape)
+    return shapes
+
+
+def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], component: str, path: Path) -> None:
+    """Strict load with errors that name the file, the key and both shapes."""
+    expected = _checkpoint_shapes(module)
+    tensors = {k: v for k, v in tensors.items() if k not in IGNORED.get(component, ())}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ModelLoadError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise ModelLoadError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ModelLoadError(
+                f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, expected {shape}"
+            )
+    state = {k: v.float() for k, v in tensors.items()}
+    if isinstance(module, Transformer):
+        # The fusion pre-hook of transformer.py is registered without `with_module`, so it never runs; fuse here.
+        _fuse_checkpoint_names(module, state, "")
+    module.load_state_dict(state, strict=True)
+
+
+def _consistent(cfg: ChatTTSConfig) -> ChatTTSConfig:
+    """Tie the sizes that must agree across files to one source, so a mismatch shows up as a named shape error."""
+    from dataclasses import replace
+
+    h = cfg.gpt.hidden_size
+    dv = cfg.dvae
+    return replace(
+        cfg,
+        embed=replace(cfg.embed, hidden_size=h),
+        decoder=replace(cfg.decoder, idim=h // 2, odim=h // 2),
+        dvae=replace(dv, encoder=replace(dv.encoder, odim=dv.vq_dim),
+                     decoder=replace(dv.decoder, idim=dv.vq_dim // 2, odim=dv.vq_dim // 2)),
+    )
+
+
+def load_chattts(
+    root: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    verify_sha256: Mapping[str, str] | None = None,
+    spk_stat: str | None = None,
+    residual_scale_base: ScaleBase = "levels_minus_1",
+) -> ChatTTSModels:
+    """Load every ChatTTS module from `root`; the GPT (stack, embeddings, heads) runs in `dtype`, decoding in float32.
+
+    `verify_sha256` uses the reference's map keys (`sha256_asset_DVAE_safetensors`, ...). Raises ModelLoadError
+    naming the file (and the tensor) that is missing, corrupt or of the wrong shape.
+    """
+    root = Path(root)
+    for rel in (*COMPONENT_FILES.values(), GPT_CONFIG, TOKENIZER):
+        if not (root / rel).is_file():
+            raise ModelLoadError(f"missing checkpoint file {root / rel}")
+    if verify_sha256:
+        verify_files(root, verify_sha256)
+    try:
+        gpt_json = json.loads((root / GPT_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {root / GPT_CONFIG}: {exc}") from exc
+    tensors = {c: _read_tensors(root / rel) for c, rel in COMPONENT_FILES.items()}
+    shapes = {c: {k: tuple(v.shape) for k, v in t.items()} for c, t in tensors.items()}
+    try:
+        cfg = _consistent(config_from_shapes(gpt_json, shapes, residual_scale_base))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{root}: cannot derive the model sizes: {exc}") from exc
+    with torch.device("cpu"):
+        modules: dict[str, nn.Module] = {
+            "vocos": Vocos(cfg.vocos),
+            "dvae": DVAE(cfg.dvae),
+            "decoder": MelDecoder(cfg.decoder),
+            "embed": ChatTTSEmbed(cfg.embed),
+            "gpt": Transformer(cfg.gpt),
+        }
+    for comp, module in modules.items():
+        _load_into(module, tensors[comp], comp, root / COMPONENT_FILES[comp])
+    del tensors
+    try:
+        tokenizer = ChatTTSTokenizer(root / TOKENIZER)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read {root / TOKENIZER}: {exc}") from exc
+    if len(tokenizer) > cfg.embed.num_text_tokens:
+        raise ModelLoadError(
+            f"{root / TOKENIZER} has {len(tokenizer)} tokens but emb_text has {cfg.embed.num_text_tokens} rows"
+        )
+    if spk_stat is None and (root / SPK_STAT).is_file():
+        spk_stat = json.loads((root / SPK_STAT).read_text(encoding="utf-8"))["spk_stat"]
+    std = mean = None
+    if spk_stat is not None:
+        std, mean = parse_spk_stat(spk_stat, cfg.gpt.hidden_size)
+    gpt = ChatTTSGPT(modules["gpt"], modules["embed"]).to(device=device, dtype=dtype).eval()
+    return ChatTTSModels(
+        config=cfg,
+        gpt=gpt,
+        dvae=modules["dvae"].to(device).eval(),
+        decoder=modules["decoder"].to(device).eval(),
+        vocos=modules["vocos"].to(device).eval(),
+        tokenizer=tokenizer,
+        spk_std=std,
+        spk_mean=mean,
+    )
