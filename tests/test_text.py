@@ -174,6 +174,10 @@ def test_split_sentences() -> None:
         "新的一段[uv_break]",
     ]
     assert split_sentences("。。。你好。[uv_break]") == ["。。。你好。[uv_break]"]
+    assert split_sentences("Dr. Smith met Mr. Wu, e.g. at 3 p.m. Then left.") == [
+        "Dr. Smith met Mr. Wu, e.g. at 3 p.m.",
+        "Then left.",
+    ]
 
 
 # ---------------------------------------------------------------- splitting

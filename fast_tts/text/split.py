@@ -11,8 +11,13 @@ from fast_tts.text.script import CJK_CHARS, UNIT_RE
 from fast_tts.text.tags import TAG_RE, strip_tags
 
 _CLOSERS = "\"'”’）)》」』】"
-# ASCII . ! ? ; end a sentence only before a space, the end, CJK or a tag (so 3.14 and e.g.x stay whole).
-SENTENCE_END_RE = re.compile(f"[。！？；…]+[{_CLOSERS}]*|[.!?;]+[{_CLOSERS}]*(?=\\s|$|[{CJK_CHARS}]|\\[)|\\n+")
+# A period after these titles and abbreviations does not end the sentence ("Dr. Smith", "e.g. this").
+_ABBREVIATIONS = ("Mr", "Mrs", "Ms", "Dr", "Prof", "St", "Jr", "Sr", "vs", "e.g", "i.e")
+_NOT_ABBREVIATION = "".join(f"(?<!\\b{re.escape(a)})" for a in _ABBREVIATIONS)
+# ASCII . ! ? ; end a sentence only before a space, the end, CJK or a tag (so 3.14 and U.S.A stay whole).
+SENTENCE_END_RE = re.compile(
+    f"[。！？；…]+[{_CLOSERS}]*|{_NOT_ABBREVIATION}[.!?;]+[{_CLOSERS}]*(?=\\s|$|[{CJK_CHARS}]|\\[)|\\n+"
+)
 # ASCII , and : cut a clause only when no digit follows (1,000 and 10:30 stay whole).
 _CLAUSE_END_RE = re.compile(f"(?:[，、：]|[,:](?!\\d))+[{_CLOSERS}]*")
 # Atoms for a hard cut: tags (never entered) and spoken units (a cut may start before one).
