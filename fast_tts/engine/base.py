@@ -9,7 +9,7 @@ look-ahead, crossfade joins, cancellation at chunk boundaries, persistent speake
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +63,7 @@ class AsyncEngine(ABC):
     def __init__(
         self,
         *,
-        max_concurrency: int = 2,
+        max_concurrency: int = 4,
         workers: int | None = None,
         max_text_chars: int = 20_000,
         length_threshold: int = 50,
@@ -78,7 +78,10 @@ class AsyncEngine(ABC):
         self.length_threshold = length_threshold
         self.window_size = window_size
         self.deterministic = deterministic
-        self._pool = ThreadPoolExecutor(max_workers=workers or max_concurrency, thread_name_prefix=f"tts-{self.family}")
+        # Requests admitted (slots) and compute threads (workers) are separate: admitted requests interleave their
+        # chunk steps on the workers, so each one's first chunk comes early even when slots outnumber cores.
+        self.workers = workers or min(max_concurrency, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"tts-{self.family}")
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._waiting = 0
         self._active = 0
@@ -87,7 +90,6 @@ class AsyncEngine(ABC):
         self._cancelled = 0
         self._closed = False
         self._speakers: dict[str, Voice] = {}
-        self._speaker_lock = threading.Lock()
         self.store = SpeakerStore(speakers_dir) if speakers_dir is not None else None
 
     # ----- family hooks -------------------------------------------------------------------------------------------
