@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -49,8 +50,14 @@ class _CachedNormalizer:
         self.lang = lang
         self._normalizer: Any = Normalizer(lang=lang, operator="tn")
         self._lock = threading.Lock()
+        # Repeated sentences (the same prompt sent again, refrains) skip the FST; lru_cache is thread-safe.
+        self._memo = functools.lru_cache(maxsize=4096)(self._normalize)
 
     def __call__(self, text: str) -> str:
+        """Normalize one run, from the memo when the same run was seen before."""
+        return self._memo(text)
+
+    def _normalize(self, text: str) -> str:
         """Normalize one run; if the FST rejects it, retry word by word, then read only the numbers of a bad word."""
         try:
             with self._lock:
