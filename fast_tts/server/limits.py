@@ -81,8 +81,9 @@ class BodyLimitMiddleware:
         cap = self.multipart_cap if multipart else self.json_cap
         param = self.params.get(scope.get("path", ""), "body")
         declared = headers.get(b"content-length")
+        # Connection: close makes uvicorn drop the socket after the answer instead of draining the rest of the body.
         too_large = ApiError(
-            413, f"request body is larger than {cap} bytes", param, "payload_too_large",
+            413, f"request body is larger than {cap} bytes", param, "payload_too_large", headers={"Connection": "close"}
         )
         if declared is not None:
             try:
