@@ -269,6 +269,8 @@ def test_split_text_invariants_custom_length(text: str, window: int) -> None:
     segments = split_text(text, length_threshold=0, window_size=window, length_fn=len)
     _assert_in_order_modulo_cut_whitespace(text, segments)
     assert [t for s in segments for t in TAG_RE.findall(s)] == TAG_RE.findall(text)
+    for seg in segments:  # over the window only when it cannot be cut: a single spoken unit with its marks
+        assert len(seg) <= window or text_length(seg) <= 1, (seg, window)
 
 
 # ---------------------------------------------------------------- clean-up
