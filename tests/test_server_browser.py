@@ -1,0 +1,108 @@
+"""The web page in headless Chromium (selenium): type text, press Speak, the <audio> element plays the stream.
+
+Needs Debian's `chromium` and `chromium-driver`; installed with apt-get when missing if running as root with CI=true,
+otherwise the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+webdriver = pytest.importorskip("selenium.webdriver")
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from fast_tts.server.launch import ServerProcess  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+KEY = "browser-key"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"]
+
+
+def _chromium() -> tuple[str, str]:
+    """Paths of chromium and chromedriver, installing the Debian packages in CI when they are missing."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    if os.environ.get("CI") != "true" or os.geteuid() != 0:
+        pytest.skip("chromium/chromedriver not installed (the test installs them only as root with CI=true)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env,
+                   timeout=900)
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.fail("apt-get installed chromium but chromium/chromedriver are not on PATH")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, chromedriver = _chromium()
+    options = Options()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="fast-tts-chromium-")
+    for flag in FLAGS + [f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    with ServerProcess(["--speakers-dir", str(tmp_path_factory.mktemp("speakers"))], api_key=KEY) as srv:
+        yield srv
+
+
+def test_type_text_press_speak_audio_plays(browser, server: ServerProcess) -> None:
+    browser.get(server.url + "/")
+    key = browser.find_element(By.ID, "api-key")
+    key.send_keys(KEY, Keys.TAB)  # change event: the page reloads its info with the key
+    WebDriverWait(browser, 30).until(lambda d: "fast-tts-piper" in d.find_element(By.ID, "server-info").text)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#voice option"))
+    text = browser.find_element(By.ID, "text")
+    text.send_keys("Hello from the browser test. This sentence streams while it plays. And here is a third one.")
+    started = time.monotonic()
+    browser.find_element(By.ID, "speak").click()
+    # playing while streaming: the element's clock moves
+    WebDriverWait(browser, 60).until(
+        lambda d: d.execute_script("const a = document.getElementById('player'); return a.currentTime > 0.2;")
+    )
+    first_play_s = time.monotonic() - started
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script("return window.fastTTS.done || !!window.fastTTS.error"))
+    state = browser.execute_script(
+        "const a = document.getElementById('player');"
+        "return {bytes: window.fastTTS.bytes, mode: window.fastTTS.mode, error: window.fastTTS.error,"
+        " mediaError: a.error && a.error.message, duration: a.duration, src: a.currentSrc,"
+        " download: document.getElementById('download').href};"
+    )
+    assert state["error"] is None and state["mediaError"] is None, state
+    assert state["mode"] == "mediasource", state  # mp3 streamed through MediaSource
+    assert state["bytes"] > 10_000, state
+    assert state["src"].startswith("blob:") and state["download"].startswith("blob:"), state
+    assert first_play_s < 30
+    assert "error" not in browser.find_element(By.ID, "status").get_attribute("class")
+
+
+def test_page_reports_a_bad_key(browser, server: ServerProcess) -> None:
+    browser.get(server.url + "/")
+    browser.execute_script("localStorage.removeItem('fast-tts-key');")
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 30).until(lambda d: "401" in d.find_element(By.ID, "server-info").text)
