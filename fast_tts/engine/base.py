@@ -275,11 +275,13 @@ class AsyncEngine(ABC):
                     yield chunk
             outcome = "_completed"
         except (Exception, asyncio.CancelledError) as exc:
-            outcome = "_cancelled" if isinstance(exc, (asyncio.CancelledError,)) else "_failed"
+            outcome = "_cancelled" if isinstance(exc, asyncio.CancelledError) else "_failed"
             raise
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()  # the worker finishes at most one chunk more, then drops it
+            elif pending is not None and not pending.cancelled():
+                pending.exception()  # a look-ahead step that failed after the consumer left: mark it seen
             self._active -= 1
             setattr(self, outcome, getattr(self, outcome) + 1)
             slots.release()
