@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from chattts_checkpoint import build_fixture_checkpoint
+from fast_tts.backends.lm import LMAdapter
 from fast_tts.models.chattts.decode import decode_rows, rows_to_mel, wav_length
 from fast_tts.models.chattts.gpt import ChatTTSGPT, compact_left_padding, inject_speaker
 from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
@@ -168,6 +169,8 @@ def test_code_generation_logits_and_hiddens(models: ChatTTSModels, cases: dict[s
 def test_code_generation_adapter_matches_embed(models: ChatTTSModels, cases: dict[str, Any],
                                                ref: dict[str, torch.Tensor]) -> None:
     forced = ref["codegen/ids"][:, :2]
+    assert isinstance(models.code_lm, LMAdapter) and isinstance(models.text_lm, LMAdapter)
+    assert (models.code_lm.num_codebooks, models.text_lm.num_codebooks) == (4, 1)
     with torch.inference_mode():
         assert torch.equal(models.code_lm.embed(forced), models.gpt.embed.code_embedding(forced))
         assert models.code_lm.logits(torch.zeros(2, models.config.gpt.hidden_size)).shape == (2, 4, 626)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -155,8 +155,6 @@ def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], component: s
 
 def _consistent(cfg: ChatTTSConfig) -> ChatTTSConfig:
     """Tie the sizes that must agree across files to one source, so a mismatch shows up as a named shape error."""
-    from dataclasses import replace
-
     h = cfg.gpt.hidden_size
     dv = cfg.dvae
     return replace(
