@@ -80,6 +80,11 @@ def test_loads_any_size_and_runs(small_ckpt: Path) -> None:
         wav = torch.randn(24000) * 0.1
         idx = m.dvae.encode(wav)
     assert idx.shape == (1, 4, 47) and int(idx.min()) >= 0 and int(idx.max()) < 625
+    assert [w.shape[0] for w in decode_rows(m, [codes[:0], codes], use_decoder=False)] == [0, wav_length(5)]
+    for bad in (torch.zeros(1, 1, 4000), torch.zeros(100)):
+        with pytest.raises(InvalidInputError) as err:
+            m.dvae.encode(bad)
+        assert err.value.field == "wav"
 
 
 def test_weight_norm_is_folded_at_load(small_ckpt: Path) -> None:

@@ -40,7 +40,10 @@ def rows_to_mel(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bo
 @torch.inference_mode()
 def decode_rows(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bool = True) -> list[torch.Tensor]:
     """One float32 wav of `wav_length(T_b)` samples per row, each equal to decoding that row alone."""
-    if not rows:
-        return []
-    mel, frames = rows_to_mel(models, rows, use_decoder)
-    return models.vocos.decode(mel, frames)
+    keep = [i for i, r in enumerate(rows) if r.shape[0] > 0]
+    out = [torch.zeros(0) for _ in rows]
+    if keep:
+        mel, frames = rows_to_mel(models, [rows[i] for i in keep], use_decoder)
+        for i, wav in zip(keep, models.vocos.decode(mel, frames)):
+            out[i] = wav
+    return out

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fast_tts.errors import InvalidInputError
+
 from fast_tts.models.chattts.blocks import ConvStack, double_frames, length_mask, masked
 from fast_tts.models.chattts.config import ConvStackConfig, DVAEConfig
 from fast_tts.models.chattts.mel import MelSpectrogramFeatures
 from fast_tts.models.chattts.quantizer import GFSQ
 
 N_MELS = 100
+MIN_SAMPLES = 512  # the centred STFT reflect-pads n_fft / 2 samples, so shorter input cannot be analysed
 
 
 def _stack(cfg: ConvStackConfig) -> ConvStack:
@@ -69,6 +72,11 @@ class DVAE(nn.Module):
 
     def encoder_features(self, wav: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, vq_dim, T) for a wav (samples,) or (B, samples): log-mel / coef, downsample, encoder."""
+        if wav.dim() not in (1, 2):
+            raise InvalidInputError(f"wav must be 1-D (samples) or 2-D (batch, samples), got shape {tuple(wav.shape)}",
+                                    field="wav")
+        if wav.shape[-1] <= MIN_SAMPLES:
+            raise InvalidInputError(f"wav too short: {wav.shape[-1]} samples, need more than {MIN_SAMPLES}", field="wav")
         mel = self.log_mel(wav if wav.dim() == 2 else wav[None])
         x = self.downsample_conv(mel / self.coef)
         return self.encoder(x)
