@@ -129,3 +129,20 @@ def test_stream_to_a_file_is_one_valid_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     info = soundfile.info(io.BytesIO((tmp_path / "s.flac").read_bytes()))
     assert info.samplerate == 22050 and info.duration > 0.3
+
+
+def test_speak_works_without_torch(tmp_path: Path) -> None:
+    """The base install (README's first command) has no torch: speaking must not import it."""
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'fastapi'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from fast_tts.cli import main\n"
+        "sys.exit(main(['speak', 'No torch needed.', '-o', 'nt.wav']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(), capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert soundfile.info(tmp_path / "nt.wav").duration > 0.5
