@@ -95,6 +95,10 @@ def test_register_replaces_default_and_runs_between_tags() -> None:
     assert normalizer("hello [uv_break] world") == "HELLO [uv_break] WORLD"
     normalizer.unregister("en")
     assert normalizer("hello 3 [uv_break] world") == "hello  [uv_break] world"
+    # As in the reference: the fn sees the (possibly empty) text before every tag, and a non-empty tail.
+    assert normalizer.register("en", lambda text: text + "X")
+    assert normalizer("[laugh]hi[uv_break]") == "X[laugh]hiX[uv_break]"
+    assert normalizer("[laugh][uv_break]hi") == "X[laugh]X[uv_break]hiX"
 
 
 def test_register_rejects_bad_functions() -> None:

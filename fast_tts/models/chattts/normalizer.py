@@ -45,9 +45,11 @@ def detect_language(text: str) -> str:
 
 
 def _map_outside_tags(text: str, fn: Callable[[str], str]) -> str:
-    """Apply `fn` to every non-empty piece of `text` between bracket tags; tags and their order stay as they are."""
+    """Apply `fn` to the text before each bracket tag (even when empty, as the reference does) and to a non-empty
+    tail; tags and their order stay as they are."""
     pieces = _BRACKET_TAG.split(text)
-    return "".join(p if i % 2 or not p else fn(p) for i, p in enumerate(pieces))
+    last = len(pieces) - 1
+    return "".join(p if i % 2 or (i == last and not p) else fn(p) for i, p in enumerate(pieces))
 
 
 def _wetext_normalizer(lang: str) -> Callable[[str], str]:
