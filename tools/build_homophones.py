@@ -8,7 +8,8 @@ Method, for every ideograph of the Basic Multilingual Plane (U+3400-4DBF, U+4E00
 2. simplified = OpenCC "t2s" of form. If it differs from the character, is in the vocabulary, and its pinyin
    readings include the character's main reading, map the character to it (traditional -> simplified; the
    reading check keeps pairs such as 乾/干 apart, whose sounds differ). This applies even to characters the
-   vocabulary has, since the model was trained on simplified Mandarin. Else the same for form itself.
+   vocabulary has, since the model was trained on simplified Mandarin. Else the same for form itself. Targets
+   are always in U+4E00-9FFF, the only ideographs the normalizer keeps.
 3. Otherwise, a character missing from the vocabulary maps to the most frequent in-vocabulary simplified
    character (one OpenCC t2s leaves unchanged) whose main pinyin reading, with tone, equals the character's main
    reading. Main reading = pypinyin's first reading of the single character. Frequency = the sum of jieba's
@@ -17,8 +18,9 @@ Method, for every ideograph of the Basic Multilingual Plane (U+3400-4DBF, U+4E00
 
 The vocabulary is a `vocab.txt` (one token per line) or a `tokenizer.json` (WordPiece/BPE `model.vocab` plus
 `added_tokens`); only its single-ideograph tokens count. fast_tts/models/chattts/data/homophones.json is built
-against bert-base-chinese `vocab.txt` (21128 tokens, 7321 ideographs, sha256 45080377ab16e88f...), the
-vocabulary of ChatTTS's tokenizer:
+against bert-base-chinese `vocab.txt`, the vocabulary of ChatTTS's tokenizer (21128 tokens, 7322 single
+ideographs; sha256 45080377ab16e88f0b507f408bed27c999742143f720cf0263ebb5a5225257c2), giving 20988 pairs
+(2397 variant, 18591 homophone) with opencc 1.4.2, pypinyin 0.55.0 and jieba 0.42.1:
 
     pip install opencc pypinyin jieba
     python tools/build_homophones.py --vocab bert-base-chinese/vocab.txt \
@@ -99,7 +101,12 @@ def build_map(vocab: set[str]) -> tuple[dict[str, str], Counter[str]]:
                 continue
             simplified = t2s(form)
             variant = next(
-                (c for c in (simplified, form) if c != char and c in vocab and main[0] in readings(c)), None
+                (
+                    c
+                    for c in (simplified, form)
+                    if c != char and c in vocab and "\u4e00" <= c <= "\u9fff" and main[0] in readings(c)
+                ),
+                None,
             )
             if variant is not None:
                 pairs[char] = variant
