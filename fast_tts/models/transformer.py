@@ -12,6 +12,7 @@ so stale entries of a row's previous occupant are never read.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -185,7 +186,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
-        self._register_load_state_dict_pre_hook(_fuse_checkpoint_names)
+        self.register_load_state_dict_pre_hook(_fuse_checkpoint_names)
 
     @property
     def max_batch(self) -> int:
@@ -205,6 +206,15 @@ class Transformer(nn.Module):
         device = self.norm.weight.device
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+
+    def sharing_weights(self) -> "Transformer":
+        """Another view of this decoder with the same weights (no copy) and a KV cache of its own.
+
+        Lets two backends (e.g. ChatTTS code and refine-text generation) run the same weights on separate caches.
+        """
+        view = copy.copy(self)  # modules, parameters and buffers are shared; cache attributes become its own
+        view.k_cache = view.v_cache = None
+        return view
 
     def free_cache(self) -> None:
         self.k_cache = self.v_cache = None
