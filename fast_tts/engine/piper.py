@@ -91,7 +91,18 @@ class AsyncPiperEngine(AsyncEngine):
         self._runners: dict[str, PiperRunner] = {}
         self._load_lock = threading.Lock()
         super().__init__(**kw)
-        self._runner(first.key)  # load the default voice now so errors surface at construction
+        self._warm_up(first)
+
+    def _warm_up(self, first: _VoiceFile) -> None:
+        """Load the default voice now (errors surface at construction) and run it once, with the normalizer, so
+        the first request does not pay for FST loading and onnxruntime's first-run allocations."""
+        runner = self._runner(first.key)
+        if first.language in ("en", "zh"):
+            from fast_tts.text.normalize import get_normalizer
+
+            get_normalizer(first.language)
+        for phonemes in runner.sentences("Hi.")[:1]:
+            runner.synthesize(phonemes, length_scale=1.0, noise_scale=0.0, noise_w=0.0)
 
     def _runner(self, key: str) -> PiperRunner:
         """The loaded runner for voice file `key` (loaded on first use)."""
