@@ -167,6 +167,10 @@ def test_bad_map_files_raise(tmp_path: Path, content: str) -> None:
         HomophoneMap.load(path)
     with pytest.raises(InvalidInputError):
         HomophoneMap.load(tmp_path / "missing.json")
+    with pytest.raises(InvalidInputError):
+        HomophoneMap.load(tmp_path)  # a folder
+    with pytest.raises(InvalidInputError):
+        Normalizer(use_default_normalizers=False)(None)  # type: ignore[arg-type]
 
 
 def test_build_script_against_fixture_tokenizer(tmp_path: Path) -> None:

@@ -42,6 +42,8 @@ class HomophoneMap:
                 pairs = json.load(f)
         except FileNotFoundError:
             raise InvalidInputError(f"homophone map file not found: {path}", field="homophones_map") from None
+        except OSError as e:
+            raise InvalidInputError(f"cannot read homophone map {path}: {e}", field="homophones_map") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             message = f"homophone map {path} is not valid UTF-8 JSON: {e}"
             raise InvalidInputError(message, field="homophones_map") from None

@@ -13,6 +13,7 @@ import re
 import string
 from collections.abc import Callable
 
+from fast_tts.errors import InvalidInputError
 from fast_tts.models.chattts.homophones import HomophoneMap
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Normalizer:
         lang: str | None = None,
     ) -> str:
         """Normalize one text; tags such as [uv_break] pass through every step unchanged."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a str, got {type(text).__name__}", field="text")
         if do_text_normalization:
             lang = detect_language(text) if lang is None else lang
             fn = self.normalizers.get(lang)
