@@ -79,7 +79,7 @@ async def test_folder_of_voices_names_and_loading(tmp_path: Path) -> None:
 
 
 async def test_multi_speaker_names(tmp_path: Path) -> None:
-    _voice(tmp_path, "en_US-solo-medium", dataset="solo")
+    _voice(tmp_path, "en_US-alpha-medium", dataset="solo")  # sorts first: the default, loaded at construction
     _voice(tmp_path, "en_US-duo-medium", dataset="duo", num_speakers=2, speaker_id_map={"ann": 0, "ben": 1})
     engine = AsyncPiperEngine(tmp_path)
     names = engine.list_speakers()
