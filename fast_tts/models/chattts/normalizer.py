@@ -1,8 +1,9 @@
 """ChatTTS text normalizer: the reference 0.2.5 pipeline, with our wetext normalizers as zh/en defaults.
 
-Order of the steps (each as in the reference, see docs of `Normalizer.__call__`):
-language fn per text segment between [tags] -> zh half-width to full-width punctuation -> invalid-character
-check -> punctuation simplifier -> homophone map (per UTF-16 unit) -> deletion of what is still invalid.
+Order of the steps, each as in the reference: language fn per text segment between [tags] -> zh half-width to
+full-width punctuation -> invalid-character check -> punctuation simplifier -> homophone map (per UTF-16 unit) ->
+deletion of what is still invalid. Deliberate differences: an unbalanced "[" or "]" is plain text (the reference
+drops or reorders text around it), and empty text gives "" (the reference raises with a language fn registered).
 """
 
 from __future__ import annotations
