@@ -20,6 +20,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-text-chars", type=int, default=4096, help="longest accepted input text")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted uploaded file")
     parser.add_argument("--max-concurrency", type=int, default=8, help="syntheses running at once")
+    parser.add_argument("--engine-concurrency", type=int, default=None,
+                        help="requests the engine interleaves (default: --max-concurrency, so each admitted request "
+                             "makes progress and gets its first audio early)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 429")
     parser.add_argument("--queue-timeout", type=float, default=120.0, help="seconds a request may wait (then 503)")
     parser.add_argument("--allow-url-audio", action="store_true", help="allow reference audio given as a URL")
@@ -58,7 +61,11 @@ def _engine_factory(args: argparse.Namespace) -> Any:
     def build() -> Any:
         from fast_tts.engine.auto import AutoEngine
 
-        return AutoEngine(model_path=args.model, speakers_dir=args.speakers_dir or default_speakers_dir())
+        return AutoEngine(
+            model_path=args.model,
+            speakers_dir=args.speakers_dir or default_speakers_dir(),
+            max_concurrency=args.engine_concurrency or args.max_concurrency,
+        )
 
     return build
 

@@ -1,0 +1,136 @@
+"""HTTP benchmark of `fast-tts serve` with the bundled voice: time to first audio and real-time factor vs concurrency.
+
+Starts the server as a subprocess on loopback, then for each concurrency c runs `--requests-per-worker` requests per
+worker through POST /v1/audio/speech, streaming (chunked body) and non-streaming (`"stream": false`, one file).
+Time to first audio = request sent -> first body byte received. RTF = request wall time / seconds of audio returned.
+
+    python benchmarks/server.py                 # c = 1,4,8,16, mp3
+    python benchmarks/server.py --concurrency 1 8 --format pcm --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from fast_tts.audio import read_audio  # noqa: E402
+from fast_tts.server.launch import ServerProcess  # noqa: E402
+
+TEXTS = [
+    "The weather today is mild, with a light breeze from the west. Later in the evening, clouds roll in.",
+    "Please remember to bring your notebook to the meeting. We will review last week's results together.",
+    "A small boat drifted slowly across the lake. On the shore, two children were building a sand castle.",
+    "Our train leaves the station at half past nine. If we hurry, we can still buy coffee before it goes.",
+]
+
+
+@dataclass
+class Sample:
+    ttfa_s: float
+    wall_s: float
+    audio_s: float
+
+
+def _audio_seconds(body: bytes, fmt: str, sample_rate: int) -> float:
+    if fmt == "pcm":
+        return len(body) / 2 / sample_rate
+    audio, sr = read_audio(body)
+    return len(audio) / sr
+
+
+async def _one(http: httpx.AsyncClient, url: str, text: str, fmt: str, stream: bool) -> Sample:
+    payload = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt, "stream": stream}
+    started = time.perf_counter()
+    first = None
+    body = bytearray()
+    async with http.stream("POST", f"{url}/v1/audio/speech", json=payload) as response:
+        response.raise_for_status()
+        sample_rate = int(response.headers.get("x-sample-rate", "22050"))
+        async for piece in response.aiter_raw():
+            if first is None and piece:
+                first = time.perf_counter() - started
+            body += piece
+    wall = time.perf_counter() - started
+    return Sample(first if first is not None else wall, wall, _audio_seconds(bytes(body), fmt, sample_rate))
+
+
+async def _run_level(url: str, concurrency: int, per_worker: int, fmt: str, stream: bool) -> tuple[list[Sample], float]:
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        samples: list[Sample] = []
+
+        async def worker(w: int) -> None:
+            for i in range(per_worker):
+                samples.append(await _one(http, url, TEXTS[(w + i) % len(TEXTS)], fmt, stream))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return samples, time.perf_counter() - started
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--requests-per-worker", type=int, default=3)
+    parser.add_argument("--format", default="mp3", choices=["mp3", "wav", "pcm", "opus", "aac", "flac"])
+    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    server = None
+    if args.url:
+        url = args.url.rstrip("/")
+    else:
+        server = ServerProcess(["--max-concurrency", str(max(args.concurrency)), "--max-queue", "256",
+                                *args.server_arg])
+        url = server.url
+    rows = []
+    try:
+        asyncio.run(_run_level(url, 2, 1, args.format, True))  # warm-up: load, first-call costs
+        print(f"format={args.format}, {args.requests_per_worker} requests per worker, texts of ~100 characters\n")
+        print("| c | mode | n | first audio p50 | first audio p95 | RTF p50 | RTF p95 | audio s per wall s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for concurrency in args.concurrency:
+            for stream in (True, False):
+                samples, wall = asyncio.run(_run_level(url, concurrency, args.requests_per_worker, args.format, stream))
+                ttfa = [s.ttfa_s for s in samples]
+                rtf = [s.wall_s / s.audio_s for s in samples if s.audio_s > 0]
+                row = {
+                    "concurrency": concurrency, "mode": "stream" if stream else "whole", "n": len(samples),
+                    "ttfa_p50_ms": 1000 * statistics.median(ttfa), "ttfa_p95_ms": 1000 * _pct(ttfa, 0.95),
+                    "rtf_p50": statistics.median(rtf), "rtf_p95": _pct(rtf, 0.95),
+                    "throughput": sum(s.audio_s for s in samples) / wall,
+                }
+                rows.append(row)
+                print(f"| {concurrency} | {row['mode']} | {row['n']} | {row['ttfa_p50_ms']:.0f} ms | "
+                      f"{row['ttfa_p95_ms']:.0f} ms | {row['rtf_p50']:.3f} | {row['rtf_p95']:.3f} | "
+                      f"{row['throughput']:.1f} |", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
