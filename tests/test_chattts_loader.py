@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +193,38 @@ def test_residual_scale_semantics() -> None:
             assert codes.shape == (2, 4, 6) and int(codes.min()) >= 0 and int(codes.max()) < 625
     with pytest.raises(ValueError, match="residual_scale_base"):
         GFSQ(8, (5, 5, 5, 5), 2, 2, "levels_plus_1")  # type: ignore[arg-type]
+
+
+_VQ_ORACLE = """
+import sys, torch
+from safetensors.torch import save_file
+from vector_quantize_pytorch import GroupedResidualFSQ
+torch.manual_seed(0)
+ref = GroupedResidualFSQ(dim=64, levels=[5, 5, 5, 5], num_quantizers=2, groups=2).eval()
+for p in ref.parameters():
+    p.data.normal_(0, 0.5)
+x = torch.randn(3, 50, 64) * 2
+with torch.no_grad():
+    _, ind = ref(x)
+    feat = ref.get_output_from_indices(ind)
+out = {k: v.contiguous() for k, v in ref.state_dict().items() if "project" in k}
+save_file(out | {"x": x, "ind": ind.long().contiguous(), "feat": feat.contiguous()}, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("FAST_TTS_VQ_LEGACY_PYTHON"),
+                    reason="set FAST_TTS_VQ_LEGACY_PYTHON to a python with vector_quantize_pytorch 1.14.x")
+def test_trained_semantics_match_vector_quantize_pytorch_1_14(tmp_path: Path) -> None:
+    """Oracle run in a side environment (`pip install --no-deps vector_quantize_pytorch==1.14.8 einops einx`)."""
+    out = tmp_path / "vq.safetensors"
+    subprocess.run([os.environ["FAST_TTS_VQ_LEGACY_PYTHON"], "-c", _VQ_ORACLE, str(out)], check=True)
+    ref = load_file(str(out))
+    ours = GFSQ(64, (5, 5, 5, 5), 2, 2, "levels_minus_1")
+    ours.quantizer.load_state_dict({k: v for k, v in ref.items() if "project" in k})
+    ind = ref["ind"].permute(1, 2, 0, 3).reshape(3, 50, 4).transpose(1, 2)  # (G, B, T, R) -> (B, G*R, T)
+    with torch.inference_mode():
+        assert torch.equal(ours.encode(ref["x"].transpose(1, 2)), ind)
+        torch.testing.assert_close(ours.decode(ind).transpose(1, 2), ref["feat"], rtol=0, atol=1e-6)
 
 
 def test_tokenizer_larger_than_embedding_is_refused(ckpt_copy: Path) -> None:

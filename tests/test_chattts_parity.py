@@ -72,9 +72,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def models(checkpoint: Path, cases: dict[str, Any]) -> ChatTTSModels:
-    # The fixture's quantizer version fixes the residual scale: 1.32+ uses levels^-r, earlier releases (levels-1)^-r.
+    # The fixture's quantizer version fixes the residual scale: 1.26+ uses levels^-r, 1.12.5-1.25 (levels-1)^-r.
     major, minor = (int(x) for x in cases["_env"]["vector_quantize_pytorch"].split(".")[:2])
-    base = "levels" if (major, minor) >= (1, 32) else "levels_minus_1"
+    base = "levels" if (major, minor) >= (1, 26) else "levels_minus_1"
     return load_chattts(checkpoint, "cpu", torch.float32, residual_scale_base=base)
 
 

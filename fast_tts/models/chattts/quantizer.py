@@ -1,9 +1,12 @@
 """Grouped residual finite scalar quantizer (GFSQ) of the ChatTTS DVAE, with the residual scale made explicit.
 
-`residual_scale_base` picks the scale of residual stage r: "levels_minus_1" gives (L-1)^-r with the asymmetric FSQ
-bound that vector_quantize_pytorch used from 1.12 (Dec 2023) to 1.31 (Nov 2025), the releases the ChatTTS weights
-(May 2024) were trained with; "levels" gives L^-r with the symmetric, soft-clamped FSQ of 1.32 (what the parity
-fixture was produced with). Code slots are ordered [g0r0, g0r1, g1r0, g1r1, ...].
+`residual_scale_base` follows the vector_quantize_pytorch release the weights were made with:
+- "levels_minus_1" (default): stage r is scaled by (L-1)^-r, as in releases 1.12.5 (Dec 2023) to 1.25.x; encoding
+  bounds the projected input with tanh (asymmetric FSQ bound) before the stages, as in 1.12.5 to 1.18.3. The
+  ChatTTS weights were released in May 2024, when 1.14.8 was current, so this is what they were trained with.
+- "levels": L^-r with the symmetric, soft-clamped FSQ of 1.26.0 (Nov 2025) and later; the parity fixture was
+  produced with 1.32.0.
+For 5 levels both map digit d to d * 0.5 - 1. Code slots are ordered [g0r0, g0r1, g1r0, g1r1, ...].
 """
 
 from __future__ import annotations
