@@ -263,3 +263,29 @@ def test_create_backend_names() -> None:
         expected = UnsupportedOperationError if importlib.util.find_spec(module) else MissingDependencyError
         with pytest.raises(expected, match=name):
             create_backend(name, TinyLM())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_matches_plain(dtype: torch.dtype) -> None:
+    from fast_tts.backends.cpu_linear import PackedLinear, pack_linears, packing_available
+
+    assert packing_available(dtype)  # this CPU build has oneDNN; a machine without it falls back to nn.Linear
+    lin = nn.Linear(96, 80, bias=True).to(dtype)
+    x = torch.randn(5, 1, 96, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(PackedLinear(lin)(x).float(), lin(x).float(), rtol=1e-2, atol=1e-2)
+    assert pack_linears(TinyLM(layers=3).transformer) == 3 * 4
+
+
+async def test_packed_backend_matches_unpacked() -> None:
+    params = SamplingParams(temperature=0.7, max_new_tokens=16, seed=3, return_hidden=True)
+    results = []
+    for pack in (False, True):
+        b = create_backend("torch", TinyLM(std=0.05), max_batch=2, max_seq=64, pack_weights=pack)
+        try:
+            assert b.packed is pack
+            results.append(await b.submit(_prompt(9, 1), params).collect())
+        finally:
+            await b.shutdown()
+    assert torch.equal(results[0].token_ids, results[1].token_ids)
+    torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=1e-4, atol=1e-4)

@@ -10,6 +10,7 @@ Scheduling, in one loop on the worker thread:
 - sampling runs once per step for the whole batch with per-row parameters (`fast_tts.sampling.BatchSampler`);
 - records go to the asyncio side with one `call_soon_threadsafe` per step; the event loop never waits on compute.
 
+On CPU the decoder's linear layers are swapped for oneDNN-prepacked ones (`pack_weights`, see cpu_linear.py).
 `compile=True` wraps the decode forward in `torch.compile(dynamic=True)`: off by default because the first steps
 pay minutes of compilation on a CPU and the gain there is small; worth trying on a GPU.
 """
@@ -34,6 +35,7 @@ from fast_tts.backends.base import (
     GenerationStream,
     StepOutput,
 )
+from fast_tts.backends.cpu_linear import pack_linears, packing_available
 from fast_tts.backends.lm import LMAdapter
 from fast_tts.errors import EngineClosedError, InvalidInputError
 from fast_tts.sampling import BatchSampler, SamplingParams
@@ -93,6 +95,7 @@ class TorchBackend:
         device: str | torch.device = "cpu",
         prefill_chunk: int = 256,
         compile: bool = False,
+        pack_weights: bool | None = None,
     ) -> None:
         if max_batch < 1:
             raise InvalidInputError("max_batch must be >= 1", "max_batch")
@@ -106,6 +109,9 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model = adapter.transformer
         self.model.to(device=self.device, dtype=self.dtype)  # the backend owns the adapter from here on
+        if pack_weights is None:
+            pack_weights = self.device.type == "cpu" and packing_available(self.dtype)
+        self.packed = pack_weights and pack_linears(self.model) > 0
         self.model.setup_cache(max_batch, max_seq, self.dtype)
         self.num_codebooks = adapter.num_codebooks
         self.hidden_size = self.model.config.hidden_size
