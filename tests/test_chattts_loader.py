@@ -146,6 +146,12 @@ def test_spk_stat_from_file_argument_or_absent(ckpt_copy: Path) -> None:
     assert m.spk_std is not None and m.spk_std.shape == (48,)
     (ckpt_copy / "asset/spk_stat.json").unlink()
     assert load_chattts(ckpt_copy).spk_std is None
+    torch.save(torch.cat([m.spk_std, m.spk_mean]).float(), ckpt_copy / "asset/spk_stat.pt")
+    from_pt = load_chattts(ckpt_copy)
+    assert torch.equal(from_pt.spk_std, m.spk_std) and torch.equal(from_pt.spk_mean, m.spk_mean)
+    torch.save(torch.zeros(7), ckpt_copy / "asset/spk_stat.pt")
+    with pytest.raises(ModelLoadError, match="spk_stat.pt"):
+        load_chattts(ckpt_copy)
     with pytest.raises(InvalidInputError, match="96"):  # a spk_stat of the wrong size is refused
         parse_spk_stat(pybase16384.encode_to_string(np.zeros(10, "<f2").tobytes()), 48)
 

@@ -3,9 +3,10 @@
 Layout under `root`: `asset/{Vocos,DVAE,Decoder,Embed}.safetensors`, `asset/gpt/{config.json,model.safetensors}`,
 `asset/tokenizer/tokenizer.json`. Sizes come from `gpt/config.json` and the tensor shapes (config.py).
 
-`spk_stat` (std ++ mean of the speaker distribution, needed by `sample_random_speaker`) is not part of the
-released files: the reference keeps it in its Python config. Pass it as an argument or put it in
-`asset/spk_stat.json` as {"spk_stat": "<base16384 string>"}.
+`spk_stat` (std ++ mean of the speaker distribution, needed by `sample_random_speaker`) is not among the files
+ChatTTS 0.2 reads: the reference keeps it as a string in its Python config. We take, in this order: the `spk_stat`
+argument, `asset/spk_stat.json` ({"spk_stat": "<base16384 string>"}), or `asset/spk_stat.pt` (the 0.1-era tensor
+std ++ mean, read with `torch.load(weights_only=True)`, cast to float16).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ COMPONENT_FILES = {
 GPT_CONFIG = "asset/gpt/config.json"
 TOKENIZER = "asset/tokenizer/tokenizer.json"
 SPK_STAT = "asset/spk_stat.json"
+SPK_STAT_PT = "asset/spk_stat.pt"
 # Files the reference hashes; the sha256 map key is "sha256_" + path with "/" and "." replaced by "_".
 HASHED_FILES = (
     "asset/Decoder.safetensors", "asset/DVAE.safetensors", "asset/Embed.safetensors", "asset/Vocos.safetensors",
@@ -166,6 +168,27 @@ def _consistent(cfg: ChatTTSConfig) -> ChatTTSConfig:
     )
 
 
+def _speaker_stats(root: Path, spk_stat: str | None, hidden: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(std, mean) float16 from the argument, asset/spk_stat.json or asset/spk_stat.pt; (None, None) when absent."""
+    if spk_stat is None and (root / SPK_STAT).is_file():
+        try:
+            spk_stat = json.loads((root / SPK_STAT).read_text(encoding="utf-8"))["spk_stat"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot read {root / SPK_STAT}: {exc}") from exc
+    if spk_stat is not None:
+        return parse_spk_stat(spk_stat, hidden)
+    if (root / SPK_STAT_PT).is_file():
+        try:
+            stat = torch.load(root / SPK_STAT_PT, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {root / SPK_STAT_PT}: {exc}") from exc
+        if not isinstance(stat, torch.Tensor) or stat.numel() != 2 * hidden:
+            raise ModelLoadError(f"{root / SPK_STAT_PT} must hold a tensor of {2 * hidden} values (std ++ mean)")
+        std, mean = stat.reshape(-1).to(torch.float16).chunk(2)
+        return std.clone(), mean.clone()
+    return None, None
+
+
 def load_chattts(
     root: str | Path,
     device: str | torch.device = "cpu",
@@ -214,11 +237,7 @@ def load_chattts(
         raise ModelLoadError(
             f"{root / TOKENIZER} has {len(tokenizer)} tokens but emb_text has {cfg.embed.num_text_tokens} rows"
         )
-    if spk_stat is None and (root / SPK_STAT).is_file():
-        spk_stat = json.loads((root / SPK_STAT).read_text(encoding="utf-8"))["spk_stat"]
-    std = mean = None
-    if spk_stat is not None:
-        std, mean = parse_spk_stat(spk_stat, cfg.gpt.hidden_size)
+    std, mean = _speaker_stats(root, spk_stat, cfg.gpt.hidden_size)
     gpt = ChatTTSGPT(modules["gpt"], modules["embed"]).to(device=device, dtype=dtype).eval()
     return ChatTTSModels(
         config=cfg,
