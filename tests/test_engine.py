@@ -203,3 +203,5 @@ async def test_shutdown_refuses_every_call() -> None:
         await engine.delete_speaker("x")
     with pytest.raises(EngineClosedError):
         await engine.clone_voice_async("Hello.", b"")
+    with pytest.raises(EngineClosedError):
+        engine.list_speakers()

@@ -196,6 +196,7 @@ class AsyncEngine(ABC):
 
     def list_speakers(self) -> list[str]:
         """Built-in voices first, then custom speakers (from memory and the speaker store)."""
+        self._check_open()
         custom = set(self._speakers)
         if self.store is not None:
             custom |= set(self.store.names())
