@@ -28,11 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from chattts_checkpoint import FULL_DIMS, build_checkpoint, spk_stat_string  # noqa: E402
-from fast_tts.models.chattts.decode import decode_rows  # noqa: E402
-from fast_tts.models.chattts.gpt import ChatTTSGPT  # noqa: E402
-from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts  # noqa: E402
-from fast_tts.models.chattts.tokenizer import decorate_code_prompts  # noqa: E402
+from chattts_checkpoint import FULL_DIMS, build_checkpoint, spk_stat_string
+
+from fast_tts.models.chattts.decode import decode_rows
+from fast_tts.models.chattts.gpt import ChatTTSGPT
+from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
+from fast_tts.models.chattts.tokenizer import decorate_code_prompts
 
 TEXTS = ["hello world this is a benchmark sentence", "一二三四五六七八九十", "some more text to read aloud today",
          "四月的天气很好", "the quick brown fox jumps", "我们一起去公园", "numbers are words too", "你好世界"]

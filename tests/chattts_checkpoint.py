@@ -12,8 +12,9 @@ import json
 import re
 import shutil
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ def weight_kind(key: str) -> str:
         return "layer_scale"
     if key.endswith(".bias"):
         return "bias"
-    if key.endswith("norm.weight") or key.endswith("_layernorm.weight"):
+    if key.endswith(("norm.weight", "_layernorm.weight")):
         return "norm"
     return "weight"
 

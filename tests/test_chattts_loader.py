@@ -12,9 +12,9 @@ import numpy as np
 import pybase16384
 import pytest
 import torch
+from chattts_checkpoint import FULL_DIMS, build_checkpoint, file_sha256, state_shapes
 from safetensors.torch import load_file, save_file
 
-from chattts_checkpoint import FULL_DIMS, build_checkpoint, file_sha256, state_shapes
 from fast_tts.errors import InvalidInputError, ModelLoadError
 from fast_tts.models.chattts.decode import decode_rows, wav_length
 from fast_tts.models.chattts.loader import HASHED_FILES, load_chattts, sha256_key

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from chattts_checkpoint import build_fixture_checkpoint
 from safetensors.torch import load_file
 
-from chattts_checkpoint import build_fixture_checkpoint
 from fast_tts.backends.lm import LMAdapter
 from fast_tts.models.chattts.decode import decode_rows, rows_to_mel, wav_length
 from fast_tts.models.chattts.gpt import ChatTTSGPT, compact_left_padding, inject_speaker
@@ -143,7 +143,7 @@ def test_speaker(models: ChatTTSModels, cases: dict[str, Any], ref: dict[str, to
 def test_code_generation_prefill(models: ChatTTSModels, cases: dict[str, Any], ref: dict[str, torch.Tensor]) -> None:
     inp = cases["code_generation"]["inputs"]
     spk = cases["speaker"]["outputs"]["strings"][0]
-    ids, mask, _, emb = _code_prompt(models, inp["normalized_texts"], spk)
+    _, mask, _, emb = _code_prompt(models, inp["normalized_texts"], spk)
     ref_mask = ref["codegen/prefill_attention_mask"]
     assert torch.equal(mask.float(), ref_mask)
     close(emb, ref["codegen/prefill_inputs_embeds"])
@@ -181,7 +181,7 @@ def test_code_generation_adapter_matches_embed(models: ChatTTSModels, cases: dic
 def test_decode_full_rows(models: ChatTTSModels, ref: dict[str, torch.Tensor]) -> None:
     codes, hiddens = ref["codegen/ids"], ref["codegen/hiddens"]
     for rows, use_decoder, name in ((list(hiddens), True, "decoder"), (list(codes), False, "dvae")):
-        mel, frames = rows_to_mel(models, rows, use_decoder)
+        mel, _ = rows_to_mel(models, rows, use_decoder)
         close(mel, ref[f"decode/mel_{name}"])
         wavs = decode_rows(models, rows, use_decoder)
         close(torch.stack(wavs), ref[f"decode/wav_{name}"], atol=WAV_ATOL)

@@ -7,8 +7,8 @@ R = 2 and the residual scale semantics (see quantizer.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from fast_tts.models.chattts.quantizer import ScaleBase
 from fast_tts.models.transformer import DecoderConfig

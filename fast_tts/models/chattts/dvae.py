@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from fast_tts.errors import InvalidInputError
-
 from fast_tts.models.chattts.blocks import ConvStack, double_frames, length_mask, masked
 from fast_tts.models.chattts.config import ConvStackConfig, DVAEConfig
 from fast_tts.models.chattts.mel import MelSpectrogramFeatures

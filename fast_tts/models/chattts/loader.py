@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import safe_open
@@ -103,7 +103,7 @@ def verify_files(root: Path, sha256_map: Mapping[str, str]) -> None:
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}
+            return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except Exception as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
 
