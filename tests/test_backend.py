@@ -289,3 +289,20 @@ async def test_packed_backend_matches_unpacked() -> None:
             await b.shutdown()
     assert torch.equal(results[0].token_ids, results[1].token_ids)
     torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=1e-4, atol=1e-4)
+
+
+def test_a_closed_event_loop_does_not_break_the_worker() -> None:
+    b = create_backend("torch", TinyLM(), max_batch=1, max_seq=512)
+
+    async def abandon() -> None:
+        stream = b.submit(_prompt(4, 1), SamplingParams(max_new_tokens=500, seed=1))
+        await stream.__anext__()  # then the loop closes with the request still running
+
+    async def run_one():
+        return await asyncio.wait_for(b.submit(_prompt(4, 2), SamplingParams(max_new_tokens=6, seed=2)).collect(), 30)
+
+    try:
+        asyncio.run(abandon())
+        assert asyncio.run(run_one()).token_ids.shape == (6, CODEBOOKS)  # the abandoned request gave its slot back
+    finally:
+        asyncio.run(b.shutdown())

@@ -69,8 +69,11 @@ class GenerationStream:
             self._done.set_result(finish)
 
     def push_threadsafe(self, items: list[StepOutput], finish: str | None = None, error: BaseException | None = None) -> None:
-        """`deliver` from the worker thread without blocking it."""
-        self._loop.call_soon_threadsafe(self.deliver, items, finish, error)
+        """`deliver` from the worker thread without blocking it (a no-op once the stream's loop is closed)."""
+        try:
+            self._loop.call_soon_threadsafe(self.deliver, items, finish, error)
+        except RuntimeError:  # the event loop is closed; nobody is reading
+            pass
 
     # -- caller side -------------------------------------------------------------------------------------------
     @property

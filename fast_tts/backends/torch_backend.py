@@ -109,8 +109,8 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model = adapter.transformer
         self.model.to(device=self.device, dtype=self.dtype)  # the backend owns the adapter from here on
-        if pack_weights is None:
-            pack_weights = self.device.type == "cpu" and packing_available(self.dtype)
+        if pack_weights is None:  # torch.compile does its own weight packing (inductor freezing)
+            pack_weights = self.device.type == "cpu" and not compile and packing_available(self.dtype)
         self.packed = pack_weights and pack_linears(self.model) > 0
         self.model.setup_cache(max_batch, max_seq, self.dtype)
         self.num_codebooks = adapter.num_codebooks
@@ -182,15 +182,17 @@ class TorchBackend:
     # ---- worker side ----------------------------------------------------------------------------------------
     def _run(self) -> None:
         with torch.no_grad():
-            while True:
-                if not self._take_inbox():
-                    break
-                self._reap_cancelled()
-                self._admit()
-                if len(self._rows) > self._decoding:
-                    self._prefill()
-                if self._decoding:
-                    self._decode()
+            while self._take_inbox():
+                try:
+                    self._reap_cancelled()
+                    self._admit()
+                    if len(self._rows) > self._decoding:
+                        self._prefill()
+                    if self._decoding:
+                        self._decode()
+                except Exception as exc:  # a scheduler bug must not leave streams hanging: fail the running ones
+                    log.exception("torch backend iteration failed")
+                    self._fail_running(exc)
                 self._flush()
         closed = EngineClosedError("the torch backend was shut down")
         with self._lock:
@@ -198,6 +200,12 @@ class TorchBackend:
             self._rows, self._waiting = [], deque()
         for req in left:
             req.stream.push_threadsafe(req.outbox, error=closed)
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for row, req in enumerate(self._rows):
+            self._finish(req, error=exc)
+            self.sampler.clear_row(row)
+        self._rows, self._decoding = [], 0
 
     def _take_inbox(self) -> bool:
         """Drain wake-ups; block while there is nothing to do. False once shut down."""
@@ -315,7 +323,12 @@ class TorchBackend:
             req.outbox = []
         self._ended = []
         for loop, batch in by_loop.items():
-            loop.call_soon_threadsafe(_deliver_all, batch)
+            try:
+                loop.call_soon_threadsafe(_deliver_all, batch)
+            except RuntimeError:  # that event loop is closed: nobody reads these streams any more
+                for req in self._rows:
+                    if req.stream.loop is loop:
+                        req.cancelled = True
 
     def _remove_row(self, row: int) -> None:
         """Free cache row `row`, keeping decoding rows in 0..D-1 and prefilling rows right after them."""
