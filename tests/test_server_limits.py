@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
+from fast_tts.audio import read_audio  # noqa: E402
 from fast_tts.server.launch import ServerProcess  # noqa: E402
 
 KEY = "s3cret-key"
@@ -128,3 +129,31 @@ def test_half_open_client_does_not_hold_the_server(server: ServerProcess) -> Non
         assert response.status_code == 200 and time.perf_counter() - started < 15
     finally:
         sock.close()
+
+
+@pytest.mark.slow
+def test_speakers_survive_kill_9_and_a_torn_file(tmp_path) -> None:
+    """Saved speakers outlive a SIGKILL; a current file torn mid-write falls back to the version before it."""
+    speakers = tmp_path / "speakers"
+    with ServerProcess(["--speakers-dir", str(speakers)]) as first:
+        for name, speed in (("calm", 0.8), ("quick", 1.5), ("quick", 2.0)):
+            response = httpx.post(f"{first.url}/api/speakers", params={"replace": "true"}, timeout=30,
+                                  json={"name": name, "params": {"voice": "joe", "speed": speed}})
+            assert response.status_code == 201, response.text
+        first.proc.kill()  # no shutdown path at all
+        first.proc.wait()
+    current = speakers / "quick.npz"
+    current.write_bytes(current.read_bytes()[: current.stat().st_size // 2])  # as if the writer died halfway
+    with ServerProcess(["--speakers-dir", str(speakers)]) as second:
+        listed = httpx.get(f"{second.url}/api/speakers").json()["speakers"]
+        assert {"calm", "quick"} <= set(listed)
+
+        def seconds(voice: str) -> float:
+            body = httpx.post(f"{second.url}/api/speak", timeout=60, json={
+                "text": "One two three four five six seven eight.", "voice": voice, "seed": 1, "stream": False}).content
+            audio, sample_rate = read_audio(body)
+            return len(audio) / sample_rate
+
+        base, calm, quick = seconds("joe"), seconds("calm"), seconds("quick")
+        assert calm > base * 1.1  # speed 0.8 preset kept
+        assert base / 1.5 * 0.8 < quick < base / 1.5 * 1.2  # the torn 2.0 version was refused; 1.5 is back

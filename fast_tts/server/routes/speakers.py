@@ -31,8 +31,10 @@ async def list_speakers(state: ServerState = Depends(get_state)) -> dict[str, An
 
 
 @router.post("", status_code=201)
-async def create_speaker(request: Request, state: ServerState = Depends(get_state)) -> JSONResponse:
-    """Save a speaker under `name`; 409 when the name is taken."""
+async def create_speaker(
+    request: Request, replace: bool = False, state: ServerState = Depends(get_state)
+) -> JSONResponse:
+    """Save a speaker under `name`; 409 when the name is taken unless `?replace=true`."""
     content_type = request.headers.get("content-type", "").lower()
     audio: bytes | None = None
     if content_type.startswith("multipart/form-data"):
@@ -53,7 +55,8 @@ async def create_speaker(request: Request, state: ServerState = Depends(get_stat
                        "unsupported_media_type")
     try:
         name = validate_name(form.name)
-        if name in state.engine.list_speakers() or name == state.engine.default_voice:
+        taken = name in state.engine.list_speakers() or name == state.engine.default_voice
+        if taken and not replace:
             raise ApiError(409, f"speaker {name!r} already exists", "name", "speaker_exists")
         await state.engine.add_speaker(name, audio=audio, reference_text=form.reference_text, **form.params)
     except FastTTSError as exc:
