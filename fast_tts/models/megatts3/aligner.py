@@ -107,7 +107,8 @@ class TextDecoder(nn.Module):
                     k = torch.cat([cache[i][0], k], dim=2)
                     v = torch.cat([cache[i][1], v], dim=2)
                 cache[i][:] = [k, v]
-                causal = causal and offset == 0
+                if causal and offset > 0:
+                    raise ValueError("several new tokens after a cached prefix are not supported; feed one")
             x = x + b.attn.attend(b.attn.query(h), k, v, causal)
             h = b.cross_attn_ln(x)
             x = x + b.cross_attn.attend(b.cross_attn.query(h), cross[i][0], cross[i][1], False)
@@ -132,7 +133,7 @@ class Aligner(nn.Module):
         return self.decoder(tokens, self.decoder.cross_kv(audio))
 
     @torch.inference_mode()
-    def greedy(self, mel: torch.Tensor, max_steps: int = MAX_STEPS) -> torch.Tensor:
+    def greedy(self, mel: torch.Tensor, max_steps: int = MAX_STEPS, stop_at_eos: bool = True) -> torch.Tensor:
         """Greedy alignment stream (1, K) from BOS 798, stopping after EOS 799 or `max_steps` new tokens."""
         audio = self.embed_audio(mel)
         cross = self.decoder.cross_kv(audio)
@@ -144,7 +145,7 @@ class Aligner(nn.Module):
             logits = self.decoder(token, cross, cache, offset=pos)
             nxt = int(logits[0, -1].argmax())
             out.append(nxt)
-            if nxt == ALIGN_EOS:
+            if nxt == ALIGN_EOS and stop_at_eos:
                 break
             token = torch.tensor([[nxt]], device=mel.device)
         return torch.tensor([out], dtype=torch.long)

@@ -55,7 +55,7 @@ class SegmentOutput:
     mel2ph: torch.Tensor
     dit_out: torch.Tensor
     vae_in: torch.Tensor
-    vae_out: torch.Tensor
+    vae_out: torch.Tensor  # decoded target region only (B, 1, 960 * T_target)
 
 
 def clean_text(text: str) -> str:
@@ -192,8 +192,8 @@ class MegaTTS3Pipeline:
         vae_in = dit_out.clone()
         n_ctx = ref.latent.shape[1]
         vae_in[:, :n_ctx] = ref.latent
-        vae_out = self.m.wavvae(vae_in)
-        wav = vae_out[0, 0, n_ctx * self.m.vae_stride * self.m.hop_size:].float().cpu().numpy()
+        vae_out = self.m.wavvae.decode_range(vae_in, n_ctx)  # the prompt region is not decoded (trimmed anyway)
+        wav = vae_out[0, 0].float().cpu().numpy()
         wav = match_loudness(wav, ref.loudness)
         return SegmentOutput(wav, mel2ph, dit_out, vae_in, vae_out)
 

@@ -6,7 +6,7 @@ The checkpoint stores legacy weight-norm pairs (`weight_g`, `weight_v`); `fold_w
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from torch import nn
 
 LATENT_DIM = 32
 HOP = 960  # samples per latent frame
+CONTEXT = 16  # latent frames of context each side; the decoder's receptive field is about +-6 frames
 
 
 def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,3 +122,25 @@ class WaveVAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         """Decode latents (B, T, 32) into audio (B, 1, 960*T)."""
         return self.decoder(self.upsample_latent(latent))
+
+    def decode_range(self, latent: torch.Tensor, start: int, end: int | None = None,
+                     context: int = CONTEXT) -> torch.Tensor:
+        """Audio (B, 1, 960*(end-start)) of latent frames [start, end) decoded with `context` frames around them.
+
+        Equal to slicing a full decode (the receptive field is far shorter than the context), without paying for
+        the frames outside: the prompt region of every segment is not re-decoded.
+        """
+        total = latent.shape[1]
+        end = total if end is None else min(end, total)
+        lo, hi = max(0, start - context), min(total, end + context)
+        audio = self(latent[:, lo:hi])
+        return audio[..., (start - lo) * HOP: (end - lo) * HOP]
+
+    def decode_chunks(self, latent: torch.Tensor, start: int = 0, first: int = 12, chunk: int = 50,
+                      context: int = CONTEXT) -> Iterator[torch.Tensor]:
+        """`decode_range` in pieces (a short first one) whose concatenation equals decoding [start, end) at once."""
+        pos, size, total = start, first, latent.shape[1]
+        while pos < total:
+            end = min(total, pos + size)
+            yield self.decode_range(latent, pos, end, context)
+            pos, size = end, chunk
