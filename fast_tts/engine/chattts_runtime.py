@@ -1,0 +1,249 @@
+"""ChatTTS as async stages: refine text and generate codes on LM backends, decode on a batching vocoder stage.
+
+Shared by `AsyncChatTTSEngine` and the `Chat` facade, so both batch across requests: every utterance is submitted
+to the code backend at once (continuous batching), refinement runs on a second backend over the same weights with a
+cache of its own, and decodes from concurrent requests are batched within a short window. Nothing here blocks the
+event loop on a forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fast_tts.backends import GenerationStream, create_backend
+from fast_tts.engine.batcher import DecodeBatcher
+from fast_tts.engine.streaming import StreamPlan, stream_windows
+from fast_tts.errors import InvalidInputError, ModelLoadError
+from fast_tts.models.chattts.decode import HOP, decode_rows, wav_length
+from fast_tts.models.chattts.gpt import TextLM, inject_speaker
+from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
+from fast_tts.models.chattts.quantizer import ScaleBase
+from fast_tts.models.chattts.speaker import decode_prompt, decode_speaker, encode_prompt, normalize_speaker
+from fast_tts.models.chattts.tokenizer import decorate_code_prompts, decorate_text_prompts
+from fast_tts.sampling import SamplingParams
+
+SAMPLE_RATE = 24000
+FRAME_SAMPLES = 2 * HOP  # audio per generated code frame
+
+
+@dataclass(frozen=True)
+class CodeRequest:
+    """One utterance for code generation: text (normalized), speaker conditioning and sampling."""
+
+    text: str
+    sampling: SamplingParams
+    spk_emb: str | None = None  # speaker string (timbre vector)
+    spk_smp: str | None = None  # audio-prompt string (codes of a reference recording)
+    txt_smp: str | None = None  # transcript of the audio prompt
+    prompt: str = "[speed_5]"
+
+
+class ChatTTSRuntime:
+    """Loaded ChatTTS modules behind a code backend, a refine backend and a decode batcher."""
+
+    def __init__(
+        self,
+        models: ChatTTSModels,
+        backend: str = "torch",
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device = "cpu",
+        max_batch: int = 8,
+        max_seq: int = 2048 + 512,
+        refine_batch: int = 4,
+        refine_max_seq: int = 1024,
+        decode_batch: int = 8,
+        decode_wait_s: float = 0.01,
+        compile: bool = False,
+        stream_plan: StreamPlan = StreamPlan(),
+    ) -> None:
+        self.models = models
+        self.stream_plan = stream_plan
+        self.num_vq = models.config.embed.num_vq
+        self.eos_code = models.config.embed.num_audio_tokens - 1
+        self.hidden_size = models.config.gpt.hidden_size
+        text_lm = TextLM(models.gpt)
+        text_lm.transformer = models.gpt.transformer.sharing_weights()  # same weights, a cache of its own
+        options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile}
+        self.code_gen = create_backend(backend, models.code_lm, max_batch=max_batch, max_seq=max_seq, **options)
+        self.text_gen = create_backend(backend, text_lm, max_batch=refine_batch, max_seq=refine_max_seq, **options)
+        self.decoder = DecodeBatcher(self._decode_batch, max_batch=decode_batch, wait_s=decode_wait_s, name="chattts")
+        self._streams: set[GenerationStream] = set()
+
+    # ----- prompts ---------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def code_prompt(self, req: CodeRequest) -> torch.Tensor:
+        """Prompt embeddings (L, H) of one utterance, with the speaker vector injected at `[spk_emb]`."""
+        if not req.text.strip():
+            raise InvalidInputError("text is empty after normalization", field="input")
+        tok = self.models.tokenizer
+        codes = decode_prompt(req.spk_smp) if req.spk_smp is not None else None
+        if codes is not None and codes.shape[0] != self.num_vq:
+            raise InvalidInputError(f"audio prompt has {codes.shape[0]} codebooks, expected {self.num_vq}", "spk_smp")
+        decorated = decorate_code_prompts([req.text], req.prompt, req.txt_smp, req.spk_emb)
+        ids, _mask, text_mask = tok.encode(decorated, self.num_vq, codes)
+        emb = self.models.gpt.embed.prompt_embedding(ids, text_mask)
+        if req.spk_emb is not None:
+            vector = normalize_speaker(decode_speaker(req.spk_emb, self.hidden_size))
+            emb = inject_speaker(emb, ids[..., 0], vector, tok.spk_emb_id)
+        return emb[0].float()
+
+    @torch.inference_mode()
+    def text_prompt(self, text: str, prompt: str = "") -> torch.Tensor:
+        """Refine prompt token ids (L, 1)."""
+        ids = self.models.tokenizer.ids(decorate_text_prompts([text], prompt)[0])
+        return torch.tensor(ids, dtype=torch.long)[:, None]
+
+    # ----- generation ------------------------------------------------------------------------------------------
+
+    def generate_codes(self, req: CodeRequest) -> GenerationStream:
+        """Start generating code frames for one utterance (call from the event loop)."""
+        return self._track(self.code_gen.submit(self.code_prompt(req), req.sampling))
+
+    def _track(self, stream: GenerationStream) -> GenerationStream:
+        self._streams.add(stream)
+        asyncio.ensure_future(stream.wait_finished()).add_done_callback(lambda _f: self._streams.discard(stream))
+        return stream
+
+    def cancel_all(self) -> None:
+        """Cancel every running generation (their results end early, as after the reference's interrupt)."""
+        for stream in list(self._streams):
+            asyncio.ensure_future(stream.cancel())
+
+    async def refine(self, texts: Sequence[str], sampling: SamplingParams, prompt: str = "") -> list[list[int]]:
+        """Refined token ids per text (all texts batched), filtered to ids below `[break_0]` as the reference does."""
+        streams = [self._track(self.text_gen.submit(self.text_prompt(t, prompt), sampling)) for t in texts]
+        try:
+            results = await asyncio.gather(*(s.collect() for s in streams))
+        finally:
+            for s in streams:
+                await s.cancel()
+        limit = self.models.tokenizer.break_0_id
+        return [[int(i) for i in r.token_ids[:, 0].tolist() if i < limit] for r in results]
+
+    # ----- decoding --------------------------------------------------------------------------------------------
+
+    def _decode_batch(self, use_decoder: bool, rows: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        return [w.numpy() for w in decode_rows(self.models, list(rows), use_decoder)]
+
+    async def decode(self, frames: torch.Tensor, use_decoder: bool) -> np.ndarray:
+        """float32 wav of one row of frames: hiddens (T, H) with the Decoder, codes (T, 4) with the DVAE."""
+        if frames.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return await self.decoder.submit(bool(use_decoder), frames)
+
+    async def synthesize(self, req: CodeRequest, use_decoder: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+        """Generate and decode one utterance; returns (wav, code ids (T, 4))."""
+        stream = self.generate_codes(req)
+        try:
+            result = await stream.collect()
+        finally:
+            await stream.cancel()
+        frames = result.hiddens if use_decoder else result.token_ids
+        if frames is None:
+            frames = torch.zeros(0, self.hidden_size)
+        return await self.decode(frames, use_decoder), result.token_ids
+
+    async def stream(self, req: CodeRequest, use_decoder: bool = True) -> AsyncIterator[np.ndarray]:
+        """float32 audio chunks of one utterance as it is generated (windowed decode with crossfaded seams)."""
+        gen = self.generate_codes(req)
+
+        async def frames() -> AsyncIterator[torch.Tensor]:
+            async for step in gen:
+                row = step.hidden if use_decoder else step.token_ids
+                yield row[None]
+
+        try:
+            async for chunk in stream_windows(
+                frames(),
+                lambda window: self.decode(window, use_decoder),
+                FRAME_SAMPLES,
+                wav_length,
+                SAMPLE_RATE,
+                self.stream_plan,
+            ):
+                yield chunk
+        finally:
+            await gen.cancel()
+
+    # ----- speakers --------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def audio_prompt(self, wav: np.ndarray | torch.Tensor) -> str:
+        """Audio-prompt string (DVAE codes) of a 1-D 24 kHz wav (blocking)."""
+        tensor = torch.as_tensor(np.asarray(wav, dtype=np.float32) if not isinstance(wav, torch.Tensor) else wav)
+        if tensor.dim() != 1:
+            raise InvalidInputError(f"wav must be 1-D (samples), got shape {tuple(tensor.shape)}", field="wav")
+        codes = self.models.dvae.encode(tensor.float())
+        return encode_prompt(codes[0])
+
+    async def shutdown(self) -> None:
+        """Stop the backends and the decode worker."""
+        await self.code_gen.shutdown()
+        await self.text_gen.shutdown()
+        await asyncio.get_running_loop().run_in_executor(None, self.decoder.close)
+
+
+def load_models(
+    root: str | Path,
+    device: str | torch.device = "cpu",
+    spk_stat: str | None = None,
+    residual_scale_base: ScaleBase = "levels_minus_1",
+) -> ChatTTSModels:
+    """Load a checkpoint folder; speaker statistics from `spk_stat`, `asset/spk_stat.json` or `asset/spk_stat.pt`.
+
+    The released Hugging Face repo carries the statistics as `asset/spk_stat.pt` (one float tensor std ++ mean),
+    read here with `weights_only=True`. `residual_scale_base` selects the DVAE quantizer's residual scale
+    (see fast_tts.models.chattts.quantizer; "levels" reproduces vector_quantize_pytorch 1.32, the fixture's version).
+    """
+    models = load_chattts(root, device=device, spk_stat=spk_stat, residual_scale_base=residual_scale_base)
+    legacy = Path(root) / "asset" / "spk_stat.pt"
+    if models.spk_std is None and legacy.is_file():
+        try:
+            stat = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {legacy}: {exc}") from exc
+        if not isinstance(stat, torch.Tensor) or stat.numel() != 2 * models.config.gpt.hidden_size:
+            raise ModelLoadError(f"{legacy} must hold {2 * models.config.gpt.hidden_size} values (std ++ mean)")
+        models.spk_std, models.spk_mean = stat.flatten().to(torch.float16).chunk(2)
+    return models
+
+
+def code_sampling(
+    temperature: float | Sequence[float],
+    top_p: float | None,
+    top_k: int | None,
+    repetition_penalty: float,
+    min_new_tokens: int,
+    max_new_tokens: int,
+    eos: int,
+    seed: int | None,
+    ensure_non_empty: bool,
+    return_hidden: bool,
+) -> SamplingParams:
+    """SamplingParams with ChatTTS's processing (keep >= 3 tokens, penalty over the last 16 frames, stop on eos).
+
+    `ensure_non_empty` forbids eos at the first step (the reference restarts the generation instead, and crashes
+    when a seed is set).
+    """
+    floor = 1 if ensure_non_empty and max_new_tokens > 0 else 0
+    return SamplingParams(
+        temperature=list(temperature) if isinstance(temperature, (list, tuple)) else float(temperature),
+        top_p=top_p,
+        top_k=top_k,
+        min_tokens_to_keep=3,
+        repetition_penalty=repetition_penalty,
+        repetition_window=16,
+        min_new_tokens=min(max(min_new_tokens, floor), max_new_tokens),
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=[eos],
+        seed=seed,
+        return_hidden=return_hidden,
+    )
