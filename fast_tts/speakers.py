@@ -19,6 +19,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,6 +59,16 @@ def _checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
         digest.update(array.tobytes())
     digest.update(json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz archive written array by array with allow_pickle=False (any numpy version; never pickle)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key, array in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 class CorruptSpeakerError(Exception):
@@ -106,13 +117,12 @@ class SpeakerStore:
             raise InvalidInputError("speaker arrays must be numeric", field="arrays")
         record = {"meta": meta, "sha256": _checksum(arrays, meta)}
         blob = np.frombuffer(json.dumps(record, ensure_ascii=False).encode(), dtype=np.uint8)
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays, **{_META_KEY: blob})
+        payload = _npz_bytes({**arrays, _META_KEY: blob})
         with self._locked(exclusive=True):
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=self.directory)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    handle.write(buffer.getvalue())
+                    handle.write(payload)
                     handle.flush()
                     os.fsync(handle.fileno())
                 current = self._current(name)
