@@ -119,6 +119,8 @@ class SpeakerStore:
         blob = np.frombuffer(json.dumps(record, ensure_ascii=False).encode(), dtype=np.uint8)
         payload = _npz_bytes({**arrays, _META_KEY: blob})
         with self._locked(exclusive=True):
+            for stale in self.directory.glob(".tmp-*"):  # temp files are only made under this lock: leftovers of a crash
+                stale.unlink(missing_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=self.directory)
             try:
                 with os.fdopen(fd, "wb") as handle:

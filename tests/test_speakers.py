@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +86,37 @@ def test_damaged_current_file_falls_back_to_previous(tmp_path: Path, damage: str
         assert SpeakerStore(tmp_path)._read_valid(tmp_path / ".prev" / "v.npz")[1] == {"value": 1}  # type: ignore[index]
 
 
-def test_leftover_temp_files_are_ignored(tmp_path: Path) -> None:
+def test_leftover_temp_files_are_ignored_then_swept(tmp_path: Path) -> None:
     store = SpeakerStore(tmp_path)
     (tmp_path / ".tmp-abc.npz").write_bytes(b"partial")
+    assert store.names() == []
     store.save("a", *_record(5))
     assert store.names() == ["a"]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _save_forever(directory: str) -> None:
+    store = SpeakerStore(directory)
+    value = 0
+    while True:
+        value += 1
+        arrays, meta = _record(value)
+        store.save("victim", {**arrays, "big": np.full(1_000_000, value, dtype=np.float32)}, meta)
+
+
+def test_kill_9_mid_write_keeps_a_good_version(tmp_path: Path) -> None:
+    store = SpeakerStore(tmp_path)
+    store.save("victim", *_record(0))
+    ctx = multiprocessing.get_context("fork")
+    for delay in (0.15, 0.4, 0.7):
+        proc = ctx.Process(target=_save_forever, args=(str(tmp_path),))
+        proc.start()
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=30)
+        arrays, meta = store.load("victim")
+        _check_consistent(arrays, meta)
+        assert store.names() == ["victim"]
 
 
 def _hammer(directory: str, worker: int, rounds: int) -> None:
