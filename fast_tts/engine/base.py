@@ -4,6 +4,16 @@ A family implements a few blocking hooks (which voices exist, how text becomes s
 audio chunks); the base class owns everything around them: validation, normalization and splitting, a bounded number
 of concurrent requests, a worker thread pool so the event loop never waits on compute, streaming with a one-chunk
 look-ahead, crossfade joins, cancellation at chunk boundaries, persistent speakers and shutdown.
+
+A new family subclasses AsyncEngine, sets `family`, `sample_rate`, `default_voice` (and `can_clone`, `crossfade_s`,
+`family_params` when needed), loads its model in `__init__` before calling `super().__init__(**kw)`, and implements:
+  _builtin_voices() / _builtin_voice(name)     the voices the model ships with
+  _synthesize(segment, voice, params)          blocking generator of float32 chunks for one segment
+  _prepare(...)                                optional: the default normalizes and splits with fast_tts.text
+  _make_speaker / _speaker_voice               optional: custom speakers (stored by SpeakerStore)
+  _clone_voice(reference_audio, reference_text) optional: one-off voices for clone_voice_async
+  _check_params(params) / _close()             optional: family parameter checks, releasing the model
+Then add one line to ENGINES in fast_tts/engine/auto.py.
 """
 
 from __future__ import annotations
@@ -258,18 +268,11 @@ class AsyncEngine(ABC):
         finally:
             self._waiting -= 1
         self._active += 1
-        pending: asyncio.Future[Any] | None = None
         outcome = "_cancelled"
+        produced = self._produce(text, voice, params)
         try:
             self._check_open()
-            steps = self._pipeline(text, voice, params)
-            pending = asyncio.ensure_future(self._run(next, steps, None))
-            while True:
-                item = await pending
-                if item is None:
-                    break
-                pending = asyncio.ensure_future(self._run(next, steps, None))  # look ahead one chunk
-                chunk, done, total = item
+            async for chunk, done, total in produced:
                 if progress is not None:
                     progress(done, total)
                 if chunk.size:
@@ -279,13 +282,33 @@ class AsyncEngine(ABC):
             outcome = "_cancelled" if isinstance(exc, asyncio.CancelledError) else "_failed"
             raise
         finally:
+            await produced.aclose()
+            self._active -= 1
+            setattr(self, outcome, getattr(self, outcome) + 1)
+            slots.release()
+
+    async def _produce(
+        self, text: str, voice: Voice, params: dict[str, Any]
+    ) -> AsyncIterator[tuple[np.ndarray, int, int]]:
+        """(int16 chunk, segments done, segment count) as made: the blocking pipeline, one step per worker call.
+
+        Families whose compute is already asynchronous (an LM backend with continuous batching) override this.
+        """
+        pending: asyncio.Future[Any] | None = None
+        try:
+            steps = self._pipeline(text, voice, params)
+            pending = asyncio.ensure_future(self._run(next, steps, None))
+            while True:
+                item = await pending
+                if item is None:
+                    break
+                pending = asyncio.ensure_future(self._run(next, steps, None))  # look ahead one chunk
+                yield item
+        finally:
             if pending is not None and not pending.done():
                 pending.cancel()  # the worker finishes at most one chunk more, then drops it
             elif pending is not None and not pending.cancelled():
                 pending.exception()  # a look-ahead step that failed after the consumer left: mark it seen
-            self._active -= 1
-            setattr(self, outcome, getattr(self, outcome) + 1)
-            slots.release()
 
     # ----- public API ---------------------------------------------------------------------------------------------
 
