@@ -73,11 +73,11 @@ def weight_bytes(lm: ChatTTSShapedLM, dtype: torch.dtype) -> int:
     return decoder + sum(p.numel() * p.element_size() for p in lm.heads.parameters())
 
 
-async def backend_ms_per_step(backend: TorchBackend, batch: int, steps: int) -> tuple[float, float]:
+async def backend_ms_per_step(backend: TorchBackend, batch: int, steps: int, prompt: int) -> tuple[float, float]:
     """Median (wall, process CPU) ms between consecutive steps of a batch of `batch` requests, after warm-up."""
     params = SamplingParams(temperature=0.3, top_k=20, top_p=0.7, min_tokens_to_keep=3, repetition_penalty=1.05,
                             repetition_window=16, max_new_tokens=steps)
-    streams = [backend.submit(torch.randint(0, VOCAB, (PROMPT, CODEBOOKS)), params) for _ in range(batch)]
+    streams = [backend.submit(torch.randint(0, VOCAB, (prompt, CODEBOOKS)), params) for _ in range(batch)]
     stamps = []
     async for _ in streams[0]:
         stamps.append((time.perf_counter(), time.process_time()))
@@ -88,16 +88,16 @@ async def backend_ms_per_step(backend: TorchBackend, batch: int, steps: int) -> 
     return statistics.median(wall) * 1e3, cpu * 1e3
 
 
-def model_ms_per_step(lm: ChatTTSShapedLM, dtype: torch.dtype, batch: int, steps: int) -> float:
+def model_ms_per_step(lm: ChatTTSShapedLM, dtype: torch.dtype, batch: int, steps: int, prompt: int = PROMPT) -> float:
     """Bare decode step (embed, decoder over the cache, heads), no sampling or scheduling."""
     model = lm.transformer
     tokens = torch.randint(0, VOCAB, (batch, 1, CODEBOOKS))
     times = []
     with torch.no_grad():
         for i in range(steps):
-            pos = torch.full((batch, 1), PROMPT + i)
+            pos = torch.full((batch, 1), prompt + i)
             t0 = time.perf_counter()
-            h = model(lm.embed(tokens).to(dtype), pos, rows=slice(0, batch), kv_len=PROMPT + i + 1)
+            h = model(lm.embed(tokens).to(dtype), pos, rows=slice(0, batch), kv_len=prompt + i + 1)
             lm.logits(h[:, 0].float())
             times.append(time.perf_counter() - t0)
     return statistics.median(times[4:]) * 1e3
@@ -130,11 +130,12 @@ async def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--prompt", type=int, default=PROMPT, help="prompt positions before decoding (context length)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-pack", action="store_true", help="keep nn.Linear (no oneDNN weight prepacking)")
     args = ap.parse_args()
 
-    print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+    print(f"prompt {args.prompt} positions, {args.steps} decode steps; torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
           f"bf16 kernels {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
     print(HEADER)
@@ -145,12 +146,12 @@ async def main() -> None:
         for dtype_name in args.dtypes:
             lm = ChatTTSShapedLM()
             nbytes = weight_bytes(lm, getattr(torch, dtype_name))
-            backend = TorchBackend(lm, max_batch=8, max_seq=PROMPT + args.steps + 8, dtype=dtype_name,
+            backend = TorchBackend(lm, max_batch=8, max_seq=args.prompt + args.steps + 8, dtype=dtype_name,
                                    pack_weights=not args.no_pack)
             floors = (nbytes / bw_wall / 1e6, nbytes / bw_cpu / 1e6)
             for batch in args.batches:
-                wall, cpu = await backend_ms_per_step(backend, batch, args.steps)
-                bare = model_ms_per_step(lm, backend.dtype, batch, 16)
+                wall, cpu = await backend_ms_per_step(backend, batch, args.steps, args.prompt)
+                bare = model_ms_per_step(lm, backend.dtype, batch, 16, args.prompt)
                 rows.append((threads, dtype_name, batch, wall, cpu if threads == 1 else None, bare, floors))
                 print(_row(rows[-1]), flush=True)
             agg = await staggered_frames_per_s(backend, 8, 0.1, args.steps)

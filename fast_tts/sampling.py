@@ -36,6 +36,7 @@ class SamplingParams:
     max_new_tokens: int = 1024
     stop_token_ids: Sequence[int] = ()  # a row stops when any codebook samples one; that step is not returned
     seed: int | None = None  # None draws a fresh seed
+    reseed_every_step: bool = False  # ChatTTS parity: re-seed with `seed` each step and draw with torch.multinomial
     return_hidden: bool = False  # deliver the final-norm hidden state that predicted each token
 
     def __post_init__(self) -> None:
@@ -62,6 +63,10 @@ class SamplingParams:
             raise InvalidInputError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}", "stop_token_ids")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}", "seed")
+        if not isinstance(self.reseed_every_step, bool):
+            raise InvalidInputError("reseed_every_step must be a bool", "reseed_every_step")
+        if self.reseed_every_step and self.seed is None:
+            raise InvalidInputError("reseed_every_step needs a seed", "seed")
         if not isinstance(self.return_hidden, bool):
             raise InvalidInputError("return_hidden must be a bool", "return_hidden")
 
@@ -155,7 +160,7 @@ class BatchSampler:
         self._cursor_py = [0] * m  # Python mirror, so refills need no tensor reads
         self._gens: list[torch.Generator | None] = [None] * m
         self._params: list[SamplingParams | None] = [None] * m
-        self._flags = (False, False, False, False)
+        self._flags = (False, False, False, False, False)
 
     def set_row(self, row: int, params: SamplingParams) -> None:
         """Install a new request's parameters in `row` and reset its state (seeded generator included)."""
@@ -211,11 +216,12 @@ class BatchSampler:
             any(p.top_p is not None and p.top_p < 1.0 for p in live),
             any(p.top_k is not None and p.top_k < self.vocab_size for p in live),
             any(p.min_new_tokens > 0 and p.stop_token_ids for p in live),
+            any(p.reseed_every_step for p in live),
         )
 
     def process(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
         """Apply the processors to logits (B, C, V) of cache rows `rows`, in ChatTTS order."""
-        use_penalty, use_top_p, use_top_k, use_min_new = self._flags
+        use_penalty, use_top_p, use_top_k, use_min_new, _ = self._flags
         x = apply_temperature(logits.float(), self.temperature[rows])
         if use_penalty:
             x = apply_repetition_penalty(x, self.counts[rows], self.penalty[rows])
@@ -236,6 +242,11 @@ class BatchSampler:
         idx = torch.arange(start, start + n)
         u = self.uniforms[idx, self.cursor[rows]]
         tokens = sample_inverse_cdf(x, u)
+        for r in range(start, start + n) if self._flags[4] else ():
+            p = self._params[r]
+            if p is not None and p.reseed_every_step:  # the reference's draw, row by row
+                gen = self._gens[r].manual_seed(p.seed)
+                tokens[r - start] = torch.multinomial(x[r - start].softmax(-1), 1, generator=gen)[:, 0]
         greedy = self.greedy[rows]
         tokens = torch.where(greedy, x.argmax(-1), tokens)
         self._advance(tokens, rows, idx)

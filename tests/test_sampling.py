@@ -207,3 +207,25 @@ def test_stop_on_any_codebook_and_min_new_tokens() -> None:
         assert stopped[0]
         assert bool(stopped[1]) == (step >= 2)
         assert tokens[1, 1].item() == (9 if step >= 2 else 4)
+
+
+def test_reseed_every_step_reproduces_a_reseeded_multinomial() -> None:
+    """ChatTTS with manual_seed re-seeds one generator every step and calls torch.multinomial on softmax."""
+    torch.manual_seed(4)
+    p = SamplingParams(temperature=0.7, top_k=5, min_tokens_to_keep=3, seed=11, reseed_every_step=True)
+    sampler = BatchSampler(3, 4, 50, 32)
+    sampler.set_row(1, SamplingParams(seed=1))
+    sampler.set_row(2, p)
+    gen = torch.Generator()
+    for _ in range(5):
+        logits = torch.randn(2, 4, 50)
+        tokens, _ = sampler.sample(logits, slice(1, 3))
+        scores = logits[1] / 0.7
+        kth = torch.topk(scores, 5).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+        gen.manual_seed(11)
+        want = torch.multinomial(torch.softmax(scores, -1), 1, generator=gen)[:, 0]
+        assert torch.equal(tokens[1], want)
+    with pytest.raises(InvalidInputError) as err:
+        SamplingParams(reseed_every_step=True)
+    assert err.value.field == "seed"
