@@ -112,9 +112,12 @@ class AsyncEngine(ABC):
     def _builtin_voice(self, name: str) -> Voice:
         """Resolve a built-in voice name; raise UnknownVoiceError if there is none."""
 
-    @abstractmethod
     def _synthesize(self, segment: Any, voice: Voice, params: dict[str, Any]) -> Iterator[np.ndarray]:
-        """Yield float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread)."""
+        """Yield float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread).
+
+        Every family implements either this (the default `_produce` drives it on worker threads) or `_produce`.
+        """
+        raise NotImplementedError(f"the {self.family} engine implements neither _synthesize nor _produce")
 
     def _prepare(self, text: str, voice: Voice, params: dict[str, Any]) -> list[Any]:
         """Turn validated text into segments: normalize (wetext) and split (reference-004 threshold/window)."""
