@@ -71,6 +71,13 @@ async def main() -> None:
     await engine.speak_async("Warm up the text normalizer and the voice.")
     print(f"voice load {load:.2f} s; engine slots {args.max_concurrency}, workers {engine.workers}; median of {args.runs} runs")
     print(f"{'concurrency':>11} {'audio s':>8} {'ttfc s':>8} {'rtf':>7} {'x real-time':>12}")
+    runner = engine._runner(engine._names[engine.default_voice][0])
+    direct = []
+    for _ in range(args.runs):  # the bare runner, no engine: what the engine's overhead is measured against
+        start = time.perf_counter()
+        samples = sum(len(a) for a in runner.speak(PARAGRAPH))
+        direct.append((time.perf_counter() - start) / (samples / runner.sample_rate))
+    print(f"{'runner only':>11} {'':>8} {'':>8} {statistics.median(direct):>7.3f} {1 / statistics.median(direct):>12.1f}")
     for concurrency in args.concurrency:
         runs = [await run(engine, concurrency) for _ in range(args.runs)]
         med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
