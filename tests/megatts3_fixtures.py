@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+SHARED_PARTS = ("diffusion_transformer", "duration_lm", "wavvae", "g2p")
+_BUILT: dict[str, Path] = {}  # one build per test process, whichever module asks first
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -29,3 +32,27 @@ def tensors(case: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(fixture_dir() / cases()["cases"][case]["file"]))
+
+
+@pytest.fixture(scope="session")
+def mega_root(tmp_path_factory) -> Path:
+    """Rule weights (seed from cases.json) in the official layout with the plain aligner, built once per session."""
+    from megatts3_checkpoint import build_checkpoint
+
+    if "plain" not in _BUILT:
+        seed = int(cases()["seed"])
+        _BUILT["plain"] = build_checkpoint(tmp_path_factory.mktemp("megatts3") / "plain", seed=seed, aligner_seq=None)
+    return _BUILT["plain"]
+
+
+def aligner_variant(root: Path, aligner_seq: list[int]) -> Path:
+    """A sibling of `root` sharing every part by symlink except the aligner, engineered to emit `aligner_seq`."""
+    from megatts3_checkpoint import write_aligner
+
+    out = root.parent / ("aligned_" + "_".join(map(str, aligner_seq)))[:80]
+    if not out.exists():
+        out.mkdir()
+        for sub in SHARED_PARTS:
+            os.symlink(root / sub, out / sub)
+        write_aligner(out, int(cases()["seed"]), aligner_seq)
+    return out

@@ -7,7 +7,6 @@ variants (plain rule weights for e, the engineered stream of each g case) share 
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,8 @@ import pytest
 import torch
 
 from fast_tts.models.megatts3.loader import MegaTTS3Models, load_megatts3
-from megatts3_checkpoint import build_checkpoint, write_aligner
-from megatts3_fixtures import cases, tensors
+from megatts3_fixtures import aligner_variant, cases, mega_root, tensors  # noqa: F401  (mega_root: fixture)
 
-SHARED = ("diffusion_transformer", "duration_lm", "wavvae", "g2p")
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rel: bool = False) -> None:
@@ -26,24 +23,6 @@ def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rel: bool = False
     tol = atol * torch.clamp(want.abs(), min=1.0) if rel else atol
     diff = (got.float() - want.float()).abs()
     assert bool((diff <= tol).all()), f"max |diff| {float(diff.max()):.3g} over tolerance {atol}"
-
-
-@pytest.fixture(scope="session")
-def mega_root(tmp_path_factory) -> Path:
-    """Rule weights (seed from cases.json) in the official layout, with the plain aligner."""
-    seed = int(cases()["seed"])
-    return build_checkpoint(tmp_path_factory.mktemp("megatts3") / "plain", seed=seed, aligner_seq=None)
-
-
-def _variant(root: Path, name: str, aligner_seq: list[int] | None) -> Path:
-    """A sibling folder sharing every part but the aligner, which is engineered to `aligner_seq`."""
-    out = root.parent / name
-    if not out.exists():
-        out.mkdir()
-        for sub in SHARED:
-            os.symlink(root / sub, out / sub)
-        write_aligner(out, int(cases()["seed"]), aligner_seq)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +146,7 @@ def test_end_to_end_fixture_g(mega_root, case) -> None:
 
     c, d = cases()["cases"][case], tensors(case)
     assert len(c["normalized_segments"]) == 1, "the fixture format stores one segment's phones"
-    root = _variant(mega_root, "aligned_" + "_".join(map(str, c["aligner_seq"]))[:60], c["aligner_seq"])
+    root = aligner_variant(mega_root, c["aligner_seq"])
     models = load_megatts3(root, load_g2p=False)
     pipe = MegaTTS3Pipeline(models)
     wav = d["prompt_pcm16"].numpy().astype(np.float32) / 32768.0  # a 16-bit wav read as float
