@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,3 +158,39 @@ def test_speakers_survive_kill_9_and_a_torn_file(tmp_path) -> None:
         base, calm, quick = seconds("joe"), seconds("calm"), seconds("quick")
         assert calm > base * 1.1  # speed 0.8 preset kept
         assert base / 1.5 * 0.8 < quick < base / 1.5 * 1.2  # the torn 2.0 version was refused; 1.5 is back
+
+
+def _health(server: ServerProcess) -> dict:
+    return httpx.get(f"{server.url}/health", headers=server.headers, timeout=10).json()
+
+
+def _wait_for(server: ServerProcess, check, timeout_s: float = 20) -> dict:
+    deadline = time.monotonic() + timeout_s
+    health = _health(server)
+    while not check(health) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        health = _health(server)
+    assert check(health), health
+    return health
+
+
+def test_client_leaving_the_queue_frees_its_place(server: ServerProcess) -> None:
+    text = " ".join(f"Sentence {n} holds the only slot while another client waits behind it." for n in range(1, 8))
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", f"{server.url}/api/speak", headers=server.headers,
+                         json={"text": text, "response_format": "pcm", "speed": 0.25}) as holder:
+            # slow speech in raw pcm: more bytes than loopback socket buffers hold, so the slot stays taken
+            assert holder.status_code == 200
+            chunks = holder.iter_raw()  # keep a reference: a collected iterator would close the response
+            next(chunks)
+            body = json.dumps({"text": "I will give up waiting."}).encode()
+            waiting = socket.create_connection(("127.0.0.1", server.port))
+            waiting.sendall(b"POST /api/speak HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: "
+                            + str(len(body)).encode() + b"\r\n\r\n" + body)
+            _wait_for(server, lambda h: h["queued"] == 1)
+            waiting.close()
+            _wait_for(server, lambda h: h["queued"] == 0 and h["active"] == 1)
+    _wait_for(server, lambda h: h["active"] == 0 and h["engine"]["active"] == 0)
+    response = httpx.post(f"{server.url}/api/speak", headers=server.headers, json={"text": "Next please."}, timeout=30)
+    assert response.status_code == 200
