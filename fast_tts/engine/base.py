@@ -285,10 +285,12 @@ class AsyncEngine(ABC):
             outcome = "_cancelled" if isinstance(exc, asyncio.CancelledError) else "_failed"
             raise
         finally:
-            await produced.aclose()
-            self._active -= 1
-            setattr(self, outcome, getattr(self, outcome) + 1)
-            slots.release()
+            try:
+                await produced.aclose()  # stops the family's work for this request
+            finally:
+                self._active -= 1
+                setattr(self, outcome, getattr(self, outcome) + 1)
+                slots.release()
 
     async def _produce(
         self, text: str, voice: Voice, params: dict[str, Any]
