@@ -48,9 +48,11 @@ def build_parser(with_serve_args: bool = False) -> argparse.ArgumentParser:
     speak.add_argument("--stream", action="store_true", help="write audio as it is made (with -o -: to stdout)")
     speak.add_argument("--model", help="model file or folder (default: the bundled Piper voice)")
     speak.add_argument("--seed", type=int, help="reproducible output (Piper: noise-free synthesis)")
+    speak.add_argument("--speakers-dir", help="speaker store to find custom speakers in (e.g. the server's)")
 
     voices = commands.add_parser("voices", help="list the voices of a model")
     voices.add_argument("--model", help="model file or folder (default: the bundled Piper voice)")
+    voices.add_argument("--speakers-dir", help="also list the custom speakers stored here")
 
     serve = commands.add_parser("serve", help="start the HTTP server (needs the 'server' extra)")
     if with_serve_args:
@@ -101,6 +103,15 @@ def _output(args: argparse.Namespace) -> tuple[Path | None, str]:
     return path, fmt
 
 
+def _store(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine keyword for --speakers-dir (which must be an existing folder: the CLI never creates one)."""
+    if args.speakers_dir is None:
+        return {}
+    if not Path(args.speakers_dir).is_dir():
+        raise _Usage(f"speakers folder not found: {args.speakers_dir}")
+    return {"speakers_dir": args.speakers_dir}
+
+
 async def _speak(args: argparse.Namespace) -> int:
     """Run `speak`: whole file, streamed file, or streamed stdout."""
     from fast_tts.audio import StreamEncoder, write_audio
@@ -108,7 +119,7 @@ async def _speak(args: argparse.Namespace) -> int:
 
     text = _read_text(args)
     path, fmt = _output(args)
-    engine = AutoEngine(args.model)
+    engine = AutoEngine(args.model, **_store(args))
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
@@ -161,7 +172,7 @@ async def _voices(args: argparse.Namespace) -> int:
     """Run `voices`: one name per line, the default marked."""
     from fast_tts.engine.auto import AutoEngine
 
-    engine = AutoEngine(args.model)
+    engine = AutoEngine(args.model, **_store(args))
     try:
         for name in engine.list_speakers():
             print(f"{name} (default)" if name == engine.default_voice else name)

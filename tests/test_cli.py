@@ -46,6 +46,7 @@ ERROR_CASES = {
     "speed out of range": (["speak", "Hello.", "--speed", "9", "-o", "a.wav"], "speed must be"),
     "unknown voice": (["speak", "Hello.", "--voice", "nobody", "-o", "a.wav"], "unknown voice 'nobody'"),
     "bad model path": (["voices", "--model", "no/such/model"], "model path does not exist"),
+    "missing speakers dir": (["voices", "--speakers-dir", "no/such/dir"], "speakers folder not found"),
     "unknown command": (["dance"], "invalid choice"),
 }
 
@@ -77,6 +78,25 @@ def test_voices_lists_the_bundled_voice(tmp_path: Path) -> None:
     result = run_cli("voices", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.decode().splitlines() == ["en_US-joe-medium", "joe (default)"]
+
+
+def test_speakers_from_a_store(tmp_path: Path) -> None:
+    import asyncio
+
+    from fast_tts.engine.piper import AsyncPiperEngine
+
+    async def make() -> None:
+        engine = AsyncPiperEngine(speakers_dir=tmp_path / "store")
+        await engine.add_speaker("brisk", voice="joe", speed=1.5)
+        await engine.shutdown()
+
+    asyncio.run(make())
+    listed = run_cli("voices", "--speakers-dir", "store", cwd=tmp_path)
+    assert listed.stdout.decode().splitlines() == ["en_US-joe-medium", "joe (default)", "brisk"]
+    spoken = run_cli("speak", "A stored speaker.", "--voice", "brisk", "--speakers-dir", "store", "-o", "b.wav",
+                     cwd=tmp_path)
+    assert spoken.returncode == 0, spoken.stderr.decode()
+    assert soundfile.info(tmp_path / "b.wav").duration > 0.3
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3"])
