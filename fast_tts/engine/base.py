@@ -398,6 +398,7 @@ class AsyncEngine(ABC):
             "queue_depth": self._waiting,
             "active": self._active,
             "capacity": self.capacity,
+            "workers": self.workers,
             "completed": self._completed,
             "failed": self._failed,
             "cancelled": self._cancelled,
