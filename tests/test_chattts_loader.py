@@ -89,6 +89,24 @@ def test_loads_any_size_and_runs(small_ckpt: Path) -> None:
         assert err.value.field == "wav"
 
 
+def test_gpt_in_bfloat16_tracks_float32(small_ckpt: Path) -> None:
+    full, half = load_chattts(small_ckpt), load_chattts(small_ckpt, dtype=torch.bfloat16)
+    assert half.gpt.embed.emb_text.weight.dtype == torch.bfloat16 and half.vocos.head.out.weight.dtype == torch.float32
+    ids = torch.randint(0, 600, (2, 9, 4))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :3] = 0
+    outs = []
+    with torch.inference_mode():
+        for m in (full, half):
+            m.gpt.transformer.setup_cache(2, 16)
+            emb = m.gpt.embed.prompt_embedding(ids, torch.zeros(2, 9, dtype=torch.bool))
+            hidden, _ = m.gpt.prefill(emb, mask)
+            outs.append(m.code_lm.logits(hidden))
+    assert outs[1].dtype == torch.float32
+    err = (outs[0] - outs[1]).abs().max() / outs[0].abs().max()
+    assert err < 0.05, err
+
+
 def test_weight_norm_is_folded_at_load(small_ckpt: Path) -> None:
     m = load_chattts(small_ckpt)
     raw = load_file(str(small_ckpt / "asset/Embed.safetensors"))
