@@ -139,24 +139,27 @@ def sample_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Te
 class BatchSampler:
     """Per-row sampling parameters and state for up to `max_rows` requests; rows are addressed like cache rows."""
 
-    def __init__(self, max_rows: int, num_codebooks: int, vocab_size: int, max_steps: int) -> None:
+    def __init__(
+        self, max_rows: int, num_codebooks: int, vocab_size: int, max_steps: int, device: str | torch.device = "cpu"
+    ) -> None:
         self.max_rows, self.num_codebooks, self.vocab_size = max_rows, num_codebooks, vocab_size
         self.max_steps = max_steps
         m, c, v = max_rows, num_codebooks, vocab_size
-        self.temperature = torch.ones(m, c)
-        self.greedy = torch.zeros(m, c, dtype=torch.bool)
-        self.penalty = torch.ones(m)
-        self.window = torch.full((m,), _NO_WINDOW, dtype=torch.long)
-        self.top_p = torch.ones(m)
-        self.k_eff = torch.full((m,), v, dtype=torch.long)
-        self.min_keep = torch.ones(m, dtype=torch.long)
-        self.min_new = torch.zeros(m, dtype=torch.long)
-        self.steps = torch.zeros(m, dtype=torch.long)
-        self.stop_mask = torch.zeros(m, v, dtype=torch.bool)
-        self.counts = torch.zeros(m, c, v)
-        self.history = torch.zeros(m, c, max_steps, dtype=torch.long)  # ring buffer of generated tokens
-        self.uniforms = torch.zeros(m, _UNIFORM_BLOCK, c, dtype=torch.float64)
-        self.cursor = torch.zeros(m, dtype=torch.long)
+        self.device = dev = torch.device(device)  # generators stay on the CPU; their uniforms are copied over
+        self.temperature = torch.ones(m, c, device=dev)
+        self.greedy = torch.zeros(m, c, dtype=torch.bool, device=dev)
+        self.penalty = torch.ones(m, device=dev)
+        self.window = torch.full((m,), _NO_WINDOW, dtype=torch.long, device=dev)
+        self.top_p = torch.ones(m, device=dev)
+        self.k_eff = torch.full((m,), v, dtype=torch.long, device=dev)
+        self.min_keep = torch.ones(m, dtype=torch.long, device=dev)
+        self.min_new = torch.zeros(m, dtype=torch.long, device=dev)
+        self.steps = torch.zeros(m, dtype=torch.long, device=dev)
+        self.stop_mask = torch.zeros(m, v, dtype=torch.bool, device=dev)
+        self.counts = torch.zeros(m, c, v, device=dev)
+        self.history = torch.zeros(m, c, max_steps, dtype=torch.long, device=dev)  # ring buffer of generated tokens
+        self.uniforms = torch.zeros(m, _UNIFORM_BLOCK, c, dtype=torch.float64, device=dev)
+        self.cursor = torch.zeros(m, dtype=torch.long, device=dev)
         self._cursor_py = [0] * m  # Python mirror, so refills need no tensor reads
         self._gens: list[torch.Generator | None] = [None] * m
         self._params: list[SamplingParams | None] = [None] * m
@@ -165,7 +168,7 @@ class BatchSampler:
     def set_row(self, row: int, params: SamplingParams) -> None:
         """Install a new request's parameters in `row` and reset its state (seeded generator included)."""
         temps = params.temperatures()
-        t = torch.tensor(temps if len(temps) > 1 else temps * self.num_codebooks)
+        t = torch.tensor(temps if len(temps) > 1 else temps * self.num_codebooks, device=self.device)
         self.greedy[row] = t == 0
         self.temperature[row] = torch.where(t == 0, torch.ones_like(t), t)
         self.penalty[row] = params.repetition_penalty
@@ -205,7 +208,8 @@ class BatchSampler:
         self.clear_row(src)
 
     def _refill(self, row: int) -> None:
-        self.uniforms[row] = torch.rand(_UNIFORM_BLOCK, self.num_codebooks, generator=self._gens[row], dtype=torch.float64)
+        u = torch.rand(_UNIFORM_BLOCK, self.num_codebooks, generator=self._gens[row], dtype=torch.float64)
+        self.uniforms[row] = u.to(self.device)
         self.cursor[row] = 0
         self._cursor_py[row] = 0
 
@@ -239,14 +243,15 @@ class BatchSampler:
         x = self.process(logits, rows)
         start = rows.start or 0
         n = x.shape[0]
-        idx = torch.arange(start, start + n)
+        idx = torch.arange(start, start + n, device=self.device)
         u = self.uniforms[idx, self.cursor[rows]]
         tokens = sample_inverse_cdf(x, u)
         for r in range(start, start + n) if self._flags[4] else ():
             p = self._params[r]
             if p is not None and p.reseed_every_step:  # the reference's draw, row by row
                 gen = self._gens[r].manual_seed(p.seed)
-                tokens[r - start] = torch.multinomial(x[r - start].softmax(-1), 1, generator=gen)[:, 0]
+                probs = x[r - start].softmax(-1).cpu()
+                tokens[r - start] = torch.multinomial(probs, 1, generator=gen)[:, 0].to(self.device)
         greedy = self.greedy[rows]
         tokens = torch.where(greedy, x.argmax(-1), tokens)
         self._advance(tokens, rows, idx)

@@ -118,7 +118,7 @@ class TorchBackend:
         with torch.no_grad():
             probe = adapter.logits(torch.zeros(1, self.hidden_size, device=self.device))
         self.vocab_size = int(probe.shape[-1])
-        self.sampler = BatchSampler(max_batch, self.num_codebooks, self.vocab_size, max_seq)
+        self.sampler = BatchSampler(max_batch, self.num_codebooks, self.vocab_size, max_seq, self.device)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self._last = torch.zeros(max_batch, self.num_codebooks, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
