@@ -82,10 +82,14 @@ def _spk_vector(models: ChatTTSModels, spk: str) -> torch.Tensor:
     return normalize_speaker(decode_speaker(spk, models.config.gpt.hidden_size))
 
 
+DEFAULT_CODE_PROMPT = "[speed_5]"  # InferCodeParams.prompt default of the reference
+
+
 def _code_prompt(models: ChatTTSModels, texts: list[str], spk: str | None, txt_smp: str | None = None,
-                 codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 codes: torch.Tensor | None = None, prompt: str = DEFAULT_CODE_PROMPT
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask, text_mask and the prefill embedding (speaker injected) of a code prompt."""
-    prompts = decorate_code_prompts(texts, "[speed_5]", txt_smp, spk)
+    prompts = decorate_code_prompts(texts, prompt, txt_smp, spk)
     ids, mask, text_mask = models.tokenizer.encode(prompts, models.config.embed.num_vq, codes)
     with torch.inference_mode():
         emb = models.gpt.embed.prompt_embedding(ids, text_mask)
@@ -123,7 +127,7 @@ def test_tokenize(models: ChatTTSModels, cases: dict[str, Any], ref: dict[str, t
         out["len_tokenizer"], out["spk_emb_ids"], out["break_0_ids"], out["eos_token_text"])
     for prompts, name in ((out["code_prompts_spk"], "code_%s_spk"), (out["code_prompts_nospk"], "code_%s_nospk"),
                           (out["refine_prompts"], "refine_%s")):
-        ids, mask, text_mask = tok.encode(prompts, 4)
+        ids, mask, text_mask = tok.encode(prompts, models.config.embed.num_vq)
         assert torch.equal(ids[..., 0], ref[f"tokenize/{name % 'ids'}"])
         assert torch.equal(ids, ids[..., :1].expand_as(ids))
         assert torch.equal(mask, ref[f"tokenize/{name % 'mask'}"])
@@ -143,7 +147,7 @@ def test_speaker(models: ChatTTSModels, cases: dict[str, Any], ref: dict[str, to
 def test_code_generation_prefill(models: ChatTTSModels, cases: dict[str, Any], ref: dict[str, torch.Tensor]) -> None:
     inp = cases["code_generation"]["inputs"]
     spk = cases["speaker"]["outputs"]["strings"][0]
-    _, mask, _, emb = _code_prompt(models, inp["normalized_texts"], spk)
+    _, mask, _, emb = _code_prompt(models, inp["normalized_texts"], spk, prompt=inp["prompt"])
     ref_mask = ref["codegen/prefill_attention_mask"]
     assert torch.equal(mask.float(), ref_mask)
     close(emb, ref["codegen/prefill_inputs_embeds"])
@@ -157,7 +161,8 @@ def test_code_generation_prefill(models: ChatTTSModels, cases: dict[str, Any], r
 def test_code_generation_logits_and_hiddens(models: ChatTTSModels, cases: dict[str, Any],
                                             ref: dict[str, torch.Tensor]) -> None:
     inp = cases["code_generation"]["inputs"]
-    _, mask, _, emb = _code_prompt(models, inp["normalized_texts"], cases["speaker"]["outputs"]["strings"][0])
+    _, mask, _, emb = _code_prompt(models, inp["normalized_texts"], cases["speaker"]["outputs"]["strings"][0],
+                                   prompt=inp["prompt"])
     forced = ref["codegen/ids"]
     hiddens = _teacher_forced(models.gpt, emb, mask, forced, code=True)
     close(hiddens, ref["codegen/hiddens"])
@@ -170,10 +175,11 @@ def test_code_generation_adapter_matches_embed(models: ChatTTSModels, cases: dic
                                                ref: dict[str, torch.Tensor]) -> None:
     forced = ref["codegen/ids"][:, :2]
     assert isinstance(models.code_lm, LMAdapter) and isinstance(models.text_lm, LMAdapter)
-    assert (models.code_lm.num_codebooks, models.text_lm.num_codebooks) == (4, 1)
+    assert (models.code_lm.num_codebooks, models.text_lm.num_codebooks) == (models.config.embed.num_vq, 1)
     with torch.inference_mode():
         assert torch.equal(models.code_lm.embed(forced), models.gpt.embed.code_embedding(forced))
-        assert models.code_lm.logits(torch.zeros(2, models.config.gpt.hidden_size)).shape == (2, 4, 626)
+        assert models.code_lm.logits(torch.zeros(2, models.config.gpt.hidden_size)).shape == (
+            2, models.config.embed.num_vq, models.config.embed.num_audio_tokens)
         assert models.text_lm.logits(torch.zeros(2, models.config.gpt.hidden_size)).shape == (
             2, 1, models.config.embed.num_text_tokens)
 
@@ -232,8 +238,9 @@ def test_code_generation_audio_prompt(models: ChatTTSModels, cases: dict[str, An
     case = cases["code_generation_audio_prompt"]
     inp, out = case["inputs"], case["outputs"]
     codes = decode_prompt(cases["audio_prompt"]["outputs"]["string"])
-    assert decorate_code_prompts([inp["normalized_text"]], "[speed_5]", inp["txt_smp"], None) == [out["prompt_string"]]
-    ids, mask, text_mask, emb = _code_prompt(models, [inp["normalized_text"]], None, inp["txt_smp"], codes)
+    prompt = inp.get("prompt", DEFAULT_CODE_PROMPT)
+    assert decorate_code_prompts([inp["normalized_text"]], prompt, inp["txt_smp"], None) == [out["prompt_string"]]
+    ids, mask, text_mask, emb = _code_prompt(models, [inp["normalized_text"]], None, inp["txt_smp"], codes, prompt)
     assert torch.equal(ids[0], ref["smpgen/input_ids"])
     assert torch.equal(text_mask[0].long(), ref["smpgen/text_mask"])
     close(emb, ref["smpgen/prefill_inputs_embeds"])
@@ -254,7 +261,7 @@ def test_refine_logits_and_strings(models: ChatTTSModels, cases: dict[str, Any],
     case = cases["refine"]
     texts, out = case["inputs"]["texts"], case["outputs"]
     tok = models.tokenizer
-    ids, mask, text_mask = tok.encode(decorate_text_prompts(texts, ""), 1)
+    ids, mask, text_mask = tok.encode(decorate_text_prompts(texts, case["inputs"].get("prompt", "")), 1)
     with torch.inference_mode():
         emb = models.gpt.embed.prompt_embedding(ids, text_mask)
     raw = ref["refine/raw_ids"]
