@@ -29,7 +29,7 @@ from fast_tts.models.chattts.quantizer import ScaleBase
 from fast_tts.models.chattts.speaker import parse_spk_stat
 from fast_tts.models.chattts.tokenizer import ChatTTSTokenizer
 from fast_tts.models.chattts.vocos import Vocos
-from fast_tts.models.transformer import Transformer, _fuse_checkpoint_names
+from fast_tts.models.transformer import Transformer
 
 COMPONENT_FILES = {
     "vocos": "asset/Vocos.safetensors",
@@ -148,11 +148,7 @@ def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], component: s
             raise ModelLoadError(
                 f"{path}: tensor {key!r} has shape {tuple(tensors[key].shape)}, expected {shape}"
             )
-    state = {k: v.float() for k, v in tensors.items()}
-    if isinstance(module, Transformer):
-        # The fusion pre-hook of transformer.py is registered without `with_module`, so it never runs; fuse here.
-        _fuse_checkpoint_names(module, state, "")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
 
 
 def _consistent(cfg: ChatTTSConfig) -> ChatTTSConfig:
