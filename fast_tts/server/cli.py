@@ -31,6 +31,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None, help="model id reported by /v1/models")
     parser.add_argument("--voice-alias", action="append", default=[], metavar="NAME=VOICE",
                         help="map an OpenAI voice name (alloy, nova, ...) to one of ours; repeatable")
+    parser.add_argument("--openai-pcm-rate", type=int, default=24000,
+                        help="sample rate of response_format=pcm on /v1 (OpenAI's is 24000; 0 = the model's own)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -45,6 +47,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         queue_timeout_s=args.queue_timeout,
         allow_url_audio=args.allow_url_audio,
         model_name=args.model_name,
+        openai_pcm_rate=args.openai_pcm_rate or None,
         voice_aliases=parse_aliases(args.voice_alias),
     )
 

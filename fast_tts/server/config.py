@@ -22,6 +22,7 @@ class ServerConfig:
     queue_timeout_s: float = 120.0
     allow_url_audio: bool = False
     model_name: str | None = None
+    openai_pcm_rate: int | None = 24000  # None: pcm at the engine's own rate
     voice_aliases: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -22,6 +23,9 @@ class ServerState:
     config: ServerConfig
     metrics: ServerMetrics
     gate: AdmissionGate
+    # Serialises speaker create/delete: check-then-act over HTTP stays atomic, and a delete cannot land between an
+    # add's file write and its in-memory registration inside the engine.
+    speaker_writes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def model_id(self) -> str:

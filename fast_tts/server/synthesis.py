@@ -17,11 +17,12 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
+import soxr
 from fastapi import Request, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from fast_tts.audio import MEDIA_TYPES, StreamEncoder, encode
+from fast_tts.audio import MEDIA_TYPES, StreamEncoder, encode, resample
 from fast_tts.errors import FastTTSError
 from fast_tts.server.problems import ApiError, from_engine_error
 from fast_tts.server.state import ServerState
@@ -124,10 +125,15 @@ async def stream_audio(
     route: str,
     sse: bool = False,
     text_chars: int = 0,
+    out_rate: int | None = None,
 ) -> Response:
-    """Answer with audio streamed as the engine produces it (raw bytes of one file, or OpenAI SSE events)."""
+    """Answer with audio streamed as the engine produces it (raw bytes of one file, or OpenAI SSE events).
+
+    `out_rate` resamples on the way (OpenAI's pcm is 24 kHz whatever the model makes), keeping state across chunks.
+    """
     started = time.perf_counter()
     sample_rate = int(state.engine.sample_rate)
+    rate = out_rate or sample_rate
     slot = await _race_disconnect(state, request, state.gate.acquire(), on_orphan=lambda s: s.release())
     iterator: Any = None
     try:
@@ -145,16 +151,23 @@ async def stream_audio(
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal finished
-        encoder = StreamEncoder(fmt, sample_rate)
+        encoder = StreamEncoder(fmt, rate)
+        resampler = soxr.ResampleStream(sample_rate, rate, 1, dtype="int16") if rate != sample_rate else None
         samples = 0
         chunk = first
         try:
             while chunk is not None:
                 samples += int(chunk.shape[0])
+                if resampler is not None:
+                    chunk = resampler.resample_chunk(chunk)
                 data = await _encode_chunk(encoder, fmt, chunk)
                 if data:
                     yield _delta(data) if sse else data
                 chunk = await anext(iterator, None)
+            if resampler is not None:
+                data = await _encode_chunk(encoder, fmt, resampler.resample_chunk(np.zeros(0, np.int16), last=True))
+                if data:
+                    yield _delta(data) if sse else data
             tail = await _encode_chunk_close(encoder, fmt)
             if tail:
                 yield _delta(tail) if sse else tail
@@ -178,7 +191,7 @@ async def stream_audio(
         await _aclose(iterator)
 
     media_type = "text/event-stream" if sse else MEDIA_TYPES[fmt]
-    return _ManagedStream(stream, cleanup, media_type=media_type, headers=_audio_headers(fmt, sample_rate))
+    return _ManagedStream(stream, cleanup, media_type=media_type, headers=_audio_headers(fmt, rate))
 
 
 async def _encode_chunk_close(encoder: Any, fmt: str) -> bytes:
@@ -201,18 +214,27 @@ async def whole_audio(
     synthesize: Callable[[], Awaitable[np.ndarray]],
     fmt: str,
     route: str,
+    out_rate: int | None = None,
 ) -> Response:
     """Answer with one complete file (Content-Length set); the generation is cancelled if the client leaves."""
     started = time.perf_counter()
     sample_rate = int(state.engine.sample_rate)
+    rate = out_rate or sample_rate
     slot = await _race_disconnect(state, request, state.gate.acquire(), on_orphan=lambda s: s.release())
     try:
         audio = await _race_disconnect(state, request, synthesize())
-        data = await asyncio.to_thread(encode, audio, sample_rate, fmt)
+        data = await asyncio.to_thread(_encode_whole, audio, sample_rate, rate, fmt)
     except FastTTSError as exc:
         raise from_engine_error(exc) from exc
     finally:
         slot.release()
     state.metrics.ttfa.labels(route, "false").observe(time.perf_counter() - started)
     _observe_rtf(state, route, "false", started, int(np.asarray(audio).shape[0]), sample_rate)
-    return Response(data, media_type=MEDIA_TYPES[fmt], headers=_audio_headers(fmt, sample_rate))
+    return Response(data, media_type=MEDIA_TYPES[fmt], headers=_audio_headers(fmt, rate))
+
+
+def _encode_whole(audio: np.ndarray, sample_rate: int, rate: int, fmt: str) -> bytes:
+    """Resample if asked, then encode one file."""
+    if rate != sample_rate:
+        audio = resample(audio, sample_rate, rate)
+    return encode(audio, rate, fmt)

@@ -29,13 +29,16 @@ async def create_speech(body: SpeechRequest, request: Request, state: ServerStat
     if body.speed != 1.0:
         params["speed"] = body.speed
     engine = state.engine
+    # OpenAI's pcm is raw 24 kHz s16le; clients play it at that rate, so resample unless the operator says otherwise
+    out_rate = state.config.openai_pcm_rate if body.response_format == "pcm" else None
     if body.stream or body.stream_format == "sse":
         return await stream_audio(
             state, request, lambda: engine.speak_stream_async(text, voice, **params), body.response_format,
-            "/v1/audio/speech", sse=body.stream_format == "sse", text_chars=len(text),
+            "/v1/audio/speech", sse=body.stream_format == "sse", text_chars=len(text), out_rate=out_rate,
         )
     return await whole_audio(
-        state, request, lambda: engine.speak_async(text, voice, **params), body.response_format, "/v1/audio/speech"
+        state, request, lambda: engine.speak_async(text, voice, **params), body.response_format, "/v1/audio/speech",
+        out_rate=out_rate,
     )
 
 

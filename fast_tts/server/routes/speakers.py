@@ -55,10 +55,11 @@ async def create_speaker(
                        "unsupported_media_type")
     try:
         name = validate_name(form.name)
-        taken = name in state.engine.list_speakers() or name == state.engine.default_voice
-        if taken and not replace:
-            raise ApiError(409, f"speaker {name!r} already exists", "name", "speaker_exists")
-        await state.engine.add_speaker(name, audio=audio, reference_text=form.reference_text, **form.params)
+        async with state.speaker_writes:
+            taken = name in state.engine.list_speakers() or name == state.engine.default_voice
+            if taken and not replace:
+                raise ApiError(409, f"speaker {name!r} already exists", "name", "speaker_exists")
+            await state.engine.add_speaker(name, audio=audio, reference_text=form.reference_text, **form.params)
     except FastTTSError as exc:
         raise from_engine_error(exc) from exc
     return JSONResponse({"name": name}, status_code=201)
@@ -69,9 +70,10 @@ async def delete_speaker(name: str, state: ServerState = Depends(get_state)) -> 
     """Remove a saved speaker; 404 if there is none by that name."""
     try:
         validate_name(name)
-        if name not in state.engine.list_speakers():
-            raise UnknownVoiceError(name, field="name")
-        await state.engine.delete_speaker(name)
+        async with state.speaker_writes:
+            if name not in state.engine.list_speakers():
+                raise UnknownVoiceError(name, field="name")
+            await state.engine.delete_speaker(name)
     except FastTTSError as exc:
         raise from_engine_error(exc) from exc
     return {"deleted": name}
