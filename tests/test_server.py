@@ -236,7 +236,8 @@ def test_speakers_concurrent_create_delete_stay_consistent(server: ServerProcess
                           json={"name": name, "params": {"voice": "joe", "speed": 1.25}}).status_code
 
     def delete(name: str) -> int:
-        for _ in range(200):  # the create may still be in flight: retry until it landed
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the create may still be in flight: retry until it landed
             status = httpx.delete(f"{server.url}/api/speakers/{name}", timeout=60).status_code
             if status != 404:
                 return status

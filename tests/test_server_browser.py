@@ -78,14 +78,16 @@ def test_type_text_press_speak_audio_plays(browser, server: ServerProcess) -> No
     WebDriverWait(browser, 30).until(lambda d: "fast-tts-piper" in d.find_element(By.ID, "server-info").text)
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#voice option"))
     text = browser.find_element(By.ID, "text")
-    text.send_keys("Hello from the browser test. This sentence streams while it plays. And here is a third one.")
+    text.send_keys(" ".join(f"Sentence {n} of the browser test streams while the page already plays it."
+                            for n in range(1, 11)))
     started = time.monotonic()
     browser.find_element(By.ID, "speak").click()
-    # playing while streaming: the element's clock moves
+    # playing while streaming: the element's clock moves before the last bytes have arrived
     WebDriverWait(browser, 60).until(
         lambda d: d.execute_script("const a = document.getElementById('player'); return a.currentTime > 0.2;")
     )
     first_play_s = time.monotonic() - started
+    assert browser.execute_script("return window.fastTTS.done") is False, "played only after the whole download"
     WebDriverWait(browser, 60).until(lambda d: d.execute_script("return window.fastTTS.done || !!window.fastTTS.error"))
     state = browser.execute_script(
         "const a = document.getElementById('player');"
