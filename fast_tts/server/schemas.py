@@ -54,8 +54,8 @@ class EngineParams(BaseModel):
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The set parameters as keyword arguments for the engine (family-specific `params` merged in)."""
-        kwargs = self.model_dump(exclude_none=True, exclude={"params", "text", "voice", "response_format", "stream",
-                                                             "reference_text"})
+        kwargs = {key: getattr(self, key) for key in EngineParams.model_fields if key != "params"}
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
         for key, value in self.params.items():
             kwargs.setdefault(key, value)
         return kwargs

@@ -73,13 +73,14 @@ async def clone(request: Request, state: ServerState = Depends(get_state)) -> Re
     if not engine.can_clone:
         raise ApiError(501, f"the served {engine.family} model cannot clone voices", "reference_audio",
                        "unsupported_operation")
-    fields, files = await parse_multipart(request, state.config, ("reference_audio",))
+    fields, files = await parse_multipart(request, state.config, ("reference_audio", "reference_latent"))
     form = validate_form(CloneForm, fields)
     text = state.check_text(form.text, "text")
-    reference = await reference_audio_from_form(state.config, files.get("reference_audio"),
-                                                form.reference_audio_url, "reference_audio")
+    reference: Any = await reference_audio_from_form(state.config, files.get("reference_audio"),
+                                                     form.reference_audio_url, "reference_audio")
+    if "reference_latent" in files:  # MegaTTS3 takes (wav, npy latent), as its reference does
+        reference = (reference, files["reference_latent"])
     kwargs = form.engine_kwargs()
-    kwargs.pop("reference_audio_url", None)
     ref_text = form.reference_text
     if form.stream:
         return await stream_audio(

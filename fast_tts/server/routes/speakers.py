@@ -36,12 +36,14 @@ async def create_speaker(
 ) -> JSONResponse:
     """Save a speaker under `name`; 409 when the name is taken unless `?replace=true`."""
     content_type = request.headers.get("content-type", "").lower()
-    audio: bytes | None = None
+    audio: Any = None
     if content_type.startswith("multipart/form-data"):
-        fields, files = await parse_multipart(request, state.config, ("audio",))
+        fields, files = await parse_multipart(request, state.config, ("audio", "latent"))
         form = validate_form(_SpeakerForm, fields)
         audio = await reference_audio_from_form(state.config, files.get("audio"), form.audio_url, "audio",
                                                 required=False)
+        if audio is not None and "latent" in files:  # MegaTTS3: (wav, npy latent)
+            audio = (audio, files["latent"])
     elif content_type.split(";")[0].strip() == "application/json":
         try:
             payload = await request.json()
