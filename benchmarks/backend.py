@@ -19,25 +19,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fast_tts.backends.torch_backend import TorchBackend  # noqa: E402
-from fast_tts.models.transformer import DecoderConfig, Transformer  # noqa: E402
-from fast_tts.sampling import SamplingParams  # noqa: E402
+from fast_tts.backends.torch_backend import TorchBackend
+from fast_tts.models.transformer import DecoderConfig, Transformer
+from fast_tts.sampling import SamplingParams
 
 REFERENCE_MS = {1: 48.0, 4: 70.0}  # reference ChatTTS on this CPU, fp32, 1 thread, quiet (issue 4 / notes §4)
 CONFIG = DecoderConfig(hidden_size=768, intermediate_size=3072, num_layers=20, num_heads=12, num_kv_heads=12)
 CODEBOOKS, VOCAB = 4, 626
-PARAMS = dict(temperature=0.3, top_k=20, top_p=0.7, min_tokens_to_keep=3)  # ChatTTS code defaults
+PARAMS = {"temperature": 0.3, "top_k": 20, "top_p": 0.7, "min_tokens_to_keep": 3}  # ChatTTS code defaults
 
 
 class ChatTTSShapedLM(nn.Module):
@@ -89,7 +90,7 @@ async def ours_ms_per_step(backend: TorchBackend, batch: int, steps: int, prompt
         stamps.append((time.perf_counter(), time.process_time()))
     for s in streams[1:]:
         await s.collect()
-    wall = [b[0] - a[0] for a, b in zip(stamps[8:], stamps[9:])]
+    wall = [b[0] - a[0] for a, b in itertools.pairwise(stamps[8:])]
     cpu = (stamps[-1][1] - stamps[8][1]) / (len(stamps) - 9)
     return statistics.median(wall) * 1e3, cpu * 1e3
 
@@ -101,14 +102,24 @@ class HFBaseline:
         from transformers import LlamaConfig, LlamaModel
         from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-        cfg = LlamaConfig(hidden_size=CONFIG.hidden_size, intermediate_size=CONFIG.intermediate_size,
-                          num_hidden_layers=CONFIG.num_layers, num_attention_heads=CONFIG.num_heads,
-                          num_key_value_heads=CONFIG.num_kv_heads, vocab_size=8, rms_norm_eps=CONFIG.rms_norm_eps,
-                          rope_theta=CONFIG.rope_theta, attn_implementation="sdpa")
+        cfg = LlamaConfig(
+            hidden_size=CONFIG.hidden_size,
+            intermediate_size=CONFIG.intermediate_size,
+            num_hidden_layers=CONFIG.num_layers,
+            num_attention_heads=CONFIG.num_heads,
+            num_key_value_heads=CONFIG.num_kv_heads,
+            vocab_size=8,
+            rms_norm_eps=CONFIG.rms_norm_eps,
+            rope_theta=CONFIG.rope_theta,
+            attn_implementation="sdpa",
+        )
         self.model = LlamaModel(cfg).eval()
         self.model.load_state_dict(_to_hf_names(lm.transformer.state_dict()), strict=False)
         self.lm = lm
-        self.warpers = [TopPLogitsWarper(PARAMS["top_p"], min_tokens_to_keep=3), TopKLogitsWarper(PARAMS["top_k"], min_tokens_to_keep=3)]
+        self.warpers = [
+            TopPLogitsWarper(PARAMS["top_p"], min_tokens_to_keep=3),
+            TopKLogitsWarper(PARAMS["top_k"], min_tokens_to_keep=3),
+        ]
 
     def max_diff_vs(self, ours: Transformer, prompt: int) -> float:
         """Largest hidden-state difference from our decoder on one prompt (checks the weight copy and our math)."""
@@ -136,8 +147,13 @@ class HFBaseline:
                 tokens = torch.multinomial(scores.softmax(-1), 1).view(batch, 1, CODEBOOKS)
                 mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
                 pos = torch.full((batch, 1), prompt + i)
-                out = self.model(inputs_embeds=self.lm.embed(tokens), attention_mask=mask, position_ids=pos,
-                                 past_key_values=cache, use_cache=True)
+                out = self.model(
+                    inputs_embeds=self.lm.embed(tokens),
+                    attention_mask=mask,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
                 walls.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
         return statistics.median(walls[8:]) * 1e3, sum(cpus[8:]) / len(cpus[8:]) * 1e3
@@ -165,7 +181,9 @@ async def staggered_frames_per_s(backend: TorchBackend, n: int, gap_s: float, to
     t0 = time.perf_counter()
     tasks = []
     for _ in range(n):
-        tasks.append(asyncio.ensure_future(backend.submit(torch.randint(0, VOCAB, (prompt, CODEBOOKS)), params).collect()))
+        tasks.append(
+            asyncio.ensure_future(backend.submit(torch.randint(0, VOCAB, (prompt, CODEBOOKS)), params).collect())
+        )
         await asyncio.sleep(gap_s)
     results = await asyncio.gather(*tasks)
     return sum(r.token_ids.shape[0] for r in results) / (time.perf_counter() - t0)
@@ -200,22 +218,28 @@ async def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a profile of bf16 batch-1 steps")
     ap.add_argument("--no-pack", action="store_true", help="keep nn.Linear (no oneDNN weight prepacking)")
     args = ap.parse_args()
-    print(f"prompt {args.prompt} positions, {args.steps} decode steps, best of {args.repeats}; torch {torch.__version__}, "
-          f"cpu {torch.backends.cpu.get_cpu_capability()}, bf16 kernels {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"prompt {args.prompt} positions, {args.steps} decode steps, best of {args.repeats}; torch {torch.__version__}, "
+        f"cpu {torch.backends.cpu.get_cpu_capability()}, bf16 kernels {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
 
     max_seq = args.prompt + args.steps + 8
     baseline = None
     try:
         baseline = HFBaseline(ChatTTSShapedLM())
-        print(f"baseline: transformers LlamaModel, same weights (max |hidden diff| vs ours "
-              f"{baseline.max_diff_vs(ChatTTSShapedLM().transformer, args.prompt):.2e})")
+        print(
+            f"baseline: transformers LlamaModel, same weights (max |hidden diff| vs ours "
+            f"{baseline.max_diff_vs(ChatTTSShapedLM().transformer, args.prompt):.2e})"
+        )
     except ImportError:
         print("baseline: transformers is not installed here, so only our figures and the floor are printed")
     lms = {d: ChatTTSShapedLM() for d in ("float32", "bfloat16")}
     nbytes = {d: weight_bytes(lm, getattr(torch, d)) for d, lm in lms.items()}
-    backends = {d: TorchBackend(lm, max_batch=8, max_seq=max_seq, dtype=d, pack_weights=not args.no_pack)
-                for d, lm in lms.items()}
+    backends = {
+        d: TorchBackend(lm, max_batch=8, max_seq=max_seq, dtype=d, pack_weights=not args.no_pack)
+        for d, lm in lms.items()
+    }
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -224,7 +248,9 @@ async def main() -> None:
         print(HEADER)
         for batch in args.batches:
             for d, backend in backends.items():
-                wall, cpu = await best_of(args.repeats, lambda: ours_ms_per_step(backend, batch, args.steps, args.prompt))
+                wall, cpu = await best_of(
+                    args.repeats, lambda b=backend, n=batch: ours_ms_per_step(b, n, args.steps, args.prompt)
+                )
                 rows.append((threads, f"ours {d}", batch, wall, cpu, nbytes[d], bw))
                 print(_row(rows[-1]), flush=True)
             if baseline is not None:
@@ -233,14 +259,18 @@ async def main() -> None:
                 print(_row(rows[-1]), flush=True)
         for d, backend in backends.items():
             agg = await staggered_frames_per_s(backend, 8, 0.1, args.steps, args.prompt)
-            print(f"  ours {d}: 8 requests arriving 0.1 s apart, {args.steps} frames each: {agg:.1f} frames/s aggregate")
+            print(
+                f"  ours {d}: 8 requests arriving 0.1 s apart, {args.steps} frames each: {agg:.1f} frames/s aggregate"
+            )
     if args.profile:
         torch.set_num_threads(args.threads[0])
         profile_bare_steps(backends["bfloat16"], 1, args.prompt)
     for backend in backends.values():
         await backend.shutdown()
-    print(f"\nsummary (load average now {os.getloadavg()[0]:.1f}); published reference ChatTTS, fp32, 1 thread, quiet "
-          f"machine: {REFERENCE_MS[1]:.0f} ms/step at batch 1, {REFERENCE_MS[4]:.0f} ms/step at batch 4")
+    print(
+        f"\nsummary (load average now {os.getloadavg()[0]:.1f}); published reference ChatTTS, fp32, 1 thread, quiet "
+        f"machine: {REFERENCE_MS[1]:.0f} ms/step at batch 1, {REFERENCE_MS[4]:.0f} ms/step at batch 4"
+    )
     print(HEADER)
     for r in rows:
         print(_row(r))
@@ -264,10 +294,12 @@ HEADER = "threads  model              batch  wall ms/step  frames/s  cpu ms/step
 
 
 def _row(r: tuple) -> str:
-    threads, name, batch, wall, cpu, nbytes, (bw_wall, bw_cpu) = r
+    threads, name, batch, wall, cpu, nbytes, (_, bw_cpu) = r
     floor = nbytes / bw_cpu / 1e6  # what one core reads while it runs; wall bandwidth is shared with other jobs
-    return (f"{threads:>7}  {name:<17} {batch:>5} {wall:13.1f} {batch * 1000 / wall:9.1f} {cpu:12.1f}"
-            f" {floor:9.1f} {cpu / floor:10.2f}")
+    return (
+        f"{threads:>7}  {name:<17} {batch:>5} {wall:13.1f} {batch * 1000 / wall:9.1f} {cpu:12.1f}"
+        f" {floor:9.1f} {cpu / floor:10.2f}"
+    )
 
 
 if __name__ == "__main__":

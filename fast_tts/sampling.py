@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -56,11 +56,15 @@ class SamplingParams:
         if self.repetition_window is not None and (not _is_int(self.repetition_window) or self.repetition_window < 1):
             raise InvalidInputError("repetition_window must be an integer >= 1 or None", "repetition_window")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise InvalidInputError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}", "max_new_tokens")
+            raise InvalidInputError(
+                f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}", "max_new_tokens"
+            )
         if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise InvalidInputError("min_new_tokens must be an integer in [0, max_new_tokens]", "min_new_tokens")
         if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
-            raise InvalidInputError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}", "stop_token_ids")
+            raise InvalidInputError(
+                f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}", "stop_token_ids"
+            )
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}", "seed")
         if not isinstance(self.reseed_every_step, bool):
@@ -199,8 +203,21 @@ class BatchSampler:
 
     def move_row(self, src: int, dst: int, steps: int) -> None:
         """Move a request's parameters and state from `src` to `dst` (`steps` = tokens it has generated)."""
-        for t in (self.temperature, self.greedy, self.penalty, self.window, self.top_p, self.k_eff, self.min_keep,
-                  self.min_new, self.steps, self.stop_mask, self.counts, self.uniforms, self.cursor):
+        for t in (
+            self.temperature,
+            self.greedy,
+            self.penalty,
+            self.window,
+            self.top_p,
+            self.k_eff,
+            self.min_keep,
+            self.min_new,
+            self.steps,
+            self.stop_mask,
+            self.counts,
+            self.uniforms,
+            self.cursor,
+        ):
             t[dst] = t[src]
         self.history[dst, :, : min(steps, self.max_steps)] = self.history[src, :, : min(steps, self.max_steps)]
         self._cursor_py[dst] = self._cursor_py[src]

@@ -90,8 +90,16 @@ def _reference_process(logits: torch.Tensor, p: SamplingParams, generated: list[
 
 
 ROW_PARAMS = [
-    SamplingParams(temperature=0.7, top_k=20, top_p=0.7, min_tokens_to_keep=3, repetition_penalty=1.05,
-                   repetition_window=4, stop_token_ids=[5], min_new_tokens=3),
+    SamplingParams(
+        temperature=0.7,
+        top_k=20,
+        top_p=0.7,
+        min_tokens_to_keep=3,
+        repetition_penalty=1.05,
+        repetition_window=4,
+        stop_token_ids=[5],
+        min_new_tokens=3,
+    ),
     SamplingParams(temperature=(0.3, 1.0, 2.0), repetition_penalty=1.3),
     SamplingParams(temperature=1.0, top_k=2, min_tokens_to_keep=3),
     SamplingParams(temperature=1.2, top_p=0.2),

@@ -8,8 +8,9 @@ caller can cancel. The worker side pushes records with `GenerationStream.push_th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -42,7 +43,7 @@ class GenerationStream:
 
     _END = object()
 
-    def __init__(self, request_id: int, num_codebooks: int, cancel_fn: Callable[["GenerationStream"], None]) -> None:
+    def __init__(self, request_id: int, num_codebooks: int, cancel_fn: Callable[[GenerationStream], None]) -> None:
         self.request_id = request_id
         self.num_codebooks = num_codebooks
         self.finish_reason: str | None = None
@@ -68,7 +69,9 @@ class GenerationStream:
             self._queue.put_nowait(error if error is not None else self._END)
             self._done.set_result(finish)
 
-    def push_threadsafe(self, items: list[StepOutput], finish: str | None = None, error: BaseException | None = None) -> None:
+    def push_threadsafe(
+        self, items: list[StepOutput], finish: str | None = None, error: BaseException | None = None
+    ) -> None:
         """`deliver` from the worker thread without blocking it (a no-op once the stream's loop is closed)."""
         try:
             self._loop.call_soon_threadsafe(self.deliver, items, finish, error)
@@ -80,7 +83,7 @@ class GenerationStream:
     def done(self) -> bool:
         return self._done.done()
 
-    def __aiter__(self) -> "GenerationStream":
+    def __aiter__(self) -> GenerationStream:
         return self
 
     async def __anext__(self) -> StepOutput:
