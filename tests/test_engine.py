@@ -108,6 +108,23 @@ async def test_cancel_mid_stream_leaves_others_intact(engine: AsyncPiperEngine, 
     assert np.array_equal(await engine.speak_async(OTHER, deterministic=True), solo[OTHER])
 
 
+async def test_stats_count_waiting_and_cancelling_waiters_frees_the_queue(engine: AsyncPiperEngine, solo: dict) -> None:
+    tasks = [asyncio.create_task(engine.speak_async(THREE * 3, deterministic=True)) for _ in range(6)]
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if engine.stats()["active"] == 2:
+            break
+    stats = engine.stats()
+    assert stats["active"] == 2 and stats["queue_depth"] == 4
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    stats = engine.stats()
+    assert stats["active"] == 0 and stats["queue_depth"] == 0
+    assert np.array_equal(await engine.speak_async(OTHER, deterministic=True), solo[OTHER])
+
+
 async def test_event_loop_keeps_running_during_synthesis(engine: AsyncPiperEngine) -> None:
     gaps: list[float] = []
     done = asyncio.Event()
