@@ -191,16 +191,27 @@ async function run(request, format) {
   }
 }
 
+// The advanced parameters box: {} when empty; a parse error is shown and stops the request.
+function engineParams() {
+  const raw = $("params").value.trim();
+  if (!raw) return {};
+  const parsed = JSON.parse(raw);
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("parameters must be a JSON object");
+  return parsed;
+}
+
 $("speak").addEventListener("click", () => {
   const format = $("format").value;
-  const body = {
-    model: state.info ? state.info.model : "tts-1",
-    input: $("text").value,
-    voice: $("voice").value || (state.info && state.info.default_voice) || "alloy",
-    response_format: format,
-    speed: Number($("speed").value) || 1,
-  };
-  run((signal) => fetch("/v1/audio/speech", {
+  let params;
+  try { params = engineParams(); } catch (err) { setStatus("engine parameters: " + err.message, true); return; }
+  const voice = $("voice").value || (state.info && state.info.default_voice) || "alloy";
+  const speed = Number($("speed").value) || 1;
+  // Plain requests use the OpenAI route; with engine parameters, the native route that takes them all.
+  const [url, body] = Object.keys(params).length
+    ? ["/api/speak", { text: $("text").value, voice, response_format: format, speed, params }]
+    : ["/v1/audio/speech", { model: state.info ? state.info.model : "tts-1", input: $("text").value, voice,
+                             response_format: format, speed }];
+  run((signal) => fetch(url, {
     method: "POST", signal, headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
   }), format);
 });
@@ -248,8 +259,11 @@ $("clone").addEventListener("click", () => {
   const ref = referenceBlob();
   if (!ref) { setStatus("choose or record a reference clip first", true); return; }
   const format = $("format").value;
+  let params;
+  try { params = engineParams(); } catch (err) { setStatus("engine parameters: " + err.message, true); return; }
   const form = new FormData();
   form.append("text", $("text").value);
+  if (Object.keys(params).length) form.append("params", JSON.stringify(params));
   form.append("reference_audio", ref.blob, ref.name);
   if ($("ref-text").value) form.append("reference_text", $("ref-text").value);
   form.append("response_format", format);
