@@ -243,6 +243,8 @@ async def main() -> None:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
+        for backend in backends.values():
+            backend.set_num_threads(threads)
         bw = read_bandwidth_gbs()
         print(f"\n{threads} thread(s): read bandwidth {bw[0]:.1f} GB/s by wall time, {bw[1]:.1f} GB/s by CPU time")
         print(HEADER)

@@ -97,6 +97,7 @@ class TorchBackend:
         prefill_chunk: int = 256,
         compile: bool = False,
         pack_weights: bool | None = None,
+        num_threads: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise InvalidInputError("max_batch must be >= 1", "max_batch")
@@ -131,6 +132,9 @@ class TorchBackend:
         self._ended: list[_Request] = []  # finished this iteration; delivered by _flush after their rows are freed
         self._ids = itertools.count()
         self._closed = False
+        # torch's intra-op thread count is fixed per thread when it first runs an op, so the worker sets its own
+        self._threads = num_threads or torch.get_num_threads()
+        self._threads_applied = 0
         self._thread = threading.Thread(target=self._run, name="fast-tts-torch-backend", daemon=True)
         self._thread.start()
 
@@ -167,6 +171,13 @@ class TorchBackend:
         req.cancelled = True
         self._inbox.put(None)  # wake the worker
 
+    def set_num_threads(self, n: int) -> None:
+        """Intra-op threads of the worker from its next iteration (torch.set_num_threads elsewhere does not reach it)."""
+        if n < 1:
+            raise InvalidInputError("num_threads must be >= 1", "num_threads")
+        self._threads = n
+        self._inbox.put(None)
+
     def stats(self) -> dict[str, int]:
         """Running requests (decoding or prefilling), waiting requests, and cache rows."""
         return {"active": len(self._rows), "queue_depth": len(self._waiting), "capacity": self.max_batch}
@@ -184,6 +195,9 @@ class TorchBackend:
     def _run(self) -> None:
         with torch.no_grad():
             while self._take_inbox():
+                if self._threads != self._threads_applied:
+                    torch.set_num_threads(self._threads)
+                    self._threads_applied = self._threads
                 try:
                     self._reap_cancelled()
                     self._admit()
