@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +30,9 @@ LONG_TEXT = " ".join(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     speakers = tmp_path_factory.mktemp("speakers")
-    with ServerProcess(["--speakers-dir", str(speakers), "--max-concurrency", "8", "--voice-alias", "nova=joe"]) as srv:
+    args = ["--speakers-dir", str(speakers), "--max-concurrency", "8", "--voice-alias", "nova=joe",
+            "--allow-url-audio", "--max-upload-mb", "1"]
+    with ServerProcess(args) as srv:
         srv.speakers_dir = speakers
         yield srv
 
@@ -277,3 +280,30 @@ def test_web_page_is_served(server: ServerProcess) -> None:
 def test_server_survived(server: ServerProcess) -> None:
     assert server.proc.poll() is None
     assert "Traceback" not in server.log(), server.log()[-4000:]
+
+
+def test_url_audio_when_the_operator_allows_it(server: ServerProcess, tmp_path) -> None:
+    import functools
+    import http.server
+
+    wav = httpx.post(f"{server.url}/api/speak", json={"text": "Hello.", "stream": False}, timeout=30).content
+    (tmp_path / "ref.wav").write_bytes(wav)
+    (tmp_path / "big.wav").write_bytes(wav + b"\0" * (2 << 20))
+    (tmp_path / "junk.wav").write_bytes(b"not audio" * 100)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{files.server_address[1]}"
+    try:
+        def create(url: str) -> httpx.Response:
+            return httpx.post(f"{server.url}/api/speakers", timeout=30,
+                              files={"name": (None, "remote"), "audio_url": (None, url)})
+
+        assert create(f"{base}/ref.wav").status_code == 501  # fetched and decoded; Piper then cannot clone
+        big = create(f"{base}/big.wav")
+        assert big.status_code == 413 and big.json()["error"]["param"] == "audio_url"
+        assert create(f"{base}/junk.wav").json()["error"]["param"] == "audio"
+        assert create(f"{base}/missing.wav").json()["error"]["code"] == "fetch_failed"
+        assert create("file:///etc/passwd").status_code == 400
+    finally:
+        files.shutdown()
