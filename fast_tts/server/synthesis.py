@@ -113,7 +113,8 @@ class _ManagedStream(StreamingResponse):
             await self._cleanup()
 
 
-def _audio_headers(fmt: str, sample_rate: int) -> dict[str, str]:
+def _audio_headers(sample_rate: int) -> dict[str, str]:
+    """Headers of every audio answer: the rate (pcm has no header of its own) and no buffering by proxies."""
     return {"X-Sample-Rate": str(sample_rate), "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
@@ -184,14 +185,16 @@ async def stream_audio(
     stream = body()
 
     async def cleanup() -> None:
-        slot.release()
-        if not finished:
-            state.metrics.cancelled.inc()
-        await _aclose(stream)
-        await _aclose(iterator)
+        try:  # close the engine stream first, so the next admitted request finds the engine's slot free
+            await _aclose(stream)
+            await _aclose(iterator)
+        finally:
+            slot.release()
+            if not finished:
+                state.metrics.cancelled.inc()
 
     media_type = "text/event-stream" if sse else MEDIA_TYPES[fmt]
-    return _ManagedStream(stream, cleanup, media_type=media_type, headers=_audio_headers(fmt, rate))
+    return _ManagedStream(stream, cleanup, media_type=media_type, headers=_audio_headers(rate))
 
 
 async def _encode_chunk_close(encoder: Any, fmt: str) -> bytes:
@@ -202,6 +205,7 @@ async def _encode_chunk_close(encoder: Any, fmt: str) -> bytes:
 
 
 def _observe_rtf(state: ServerState, route: str, stream: str, started: float, samples: int, sr: int) -> None:
+    """Record the audio made and the real-time factor of one finished request."""
     seconds = samples / sr if sr else 0.0
     state.metrics.audio_seconds.inc(seconds)
     if seconds > 0:
@@ -230,7 +234,7 @@ async def whole_audio(
         slot.release()
     state.metrics.ttfa.labels(route, "false").observe(time.perf_counter() - started)
     _observe_rtf(state, route, "false", started, int(np.asarray(audio).shape[0]), sample_rate)
-    return Response(data, media_type=MEDIA_TYPES[fmt], headers=_audio_headers(fmt, rate))
+    return Response(data, media_type=MEDIA_TYPES[fmt], headers=_audio_headers(rate))
 
 
 def _encode_whole(audio: np.ndarray, sample_rate: int, rate: int, fmt: str) -> bytes:
