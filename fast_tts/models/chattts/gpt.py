@@ -95,7 +95,7 @@ class ChatTTSGPT(nn.Module):
         self.embed = embed
 
     def prefill(self, emb: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run left-padded prompt embeddings through the cached stack (rows 0..B-1).
+        """Run left-padded prompt embeddings through the cached stack (rows 0..B-1; `setup_cache` first).
 
         Returns the final-norm hidden state of each row's last prompt token (B, H) and the row lengths (B,), which
         are the positions of each row's next token.
