@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fast_tts.models.megatts3.dit import DiTInputs  # noqa: E402
-from fast_tts.models.megatts3.g2p import G2P  # noqa: E402
-from fast_tts.models.megatts3.loader import load_megatts3  # noqa: E402
-from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline  # noqa: E402
-from fast_tts.models.transformer import DecoderConfig  # noqa: E402
+from fast_tts.models.megatts3.dit import DiTInputs
+from fast_tts.models.megatts3.g2p import G2P
+from fast_tts.models.megatts3.loader import load_megatts3
+from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline
+from fast_tts.models.transformer import DecoderConfig
 
 REFERENCE = {"g2p": 14.8, "aligner": 11.5, "duration": 0.3, "dit@32": 76.0, "dit@4": 9.4, "wavvae": 51.0}
 QWEN25_05B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
@@ -110,7 +110,7 @@ def main() -> None:
     rows.append((f"duration LM, {ph.shape[1]} phones", t_dur, REFERENCE["duration"]))
 
     n_ref = ref.latent.shape[1]
-    n_tgt = int(round(args.target_seconds * 25))
+    n_tgt = round(args.target_seconds * 25)
     total = n_ref + n_tgt
     mel2ph_pred = torch.arange(1, ph.shape[1] + 1).repeat_interleave(-(-4 * n_tgt // ph.shape[1]))[None, :4 * n_tgt]
     from fast_tts.models.megatts3.dit import prepare_inputs

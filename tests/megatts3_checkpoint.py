@@ -146,7 +146,7 @@ def write_g2p(folder: Path, chain: list[int] = DEFAULT_G2P_CHAIN, hidden: int = 
         emb[s + tok_id] = 0
         emb[s + tok_id, i] = 1.0
         if i + 1 < len(chain):
-            head[s + chain[i + 1], i] = 1.0
+            head[s + chain[i + 1], i] = 50.0  # a wide margin: sampling (top-k/top-p/temperature) keeps the chain
     state["model.embed_tokens.weight"] = emb
     state["lm_head.weight"] = head
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))

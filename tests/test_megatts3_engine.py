@@ -6,12 +6,13 @@ import io
 
 import numpy as np
 import pytest
-
-from fast_tts.errors import InvalidInputError, UnknownVoiceError
+import pytest_asyncio
 from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ
 from megatts3_fixtures import aligner_variant, mega_root  # noqa: F401  (mega_root: fixture)
 
-FAST = {"time_step": 2, "dur_alpha": 0.1, "seed": 7}  # short target audio keeps the full-size DiT/WaveVAE quick
+from fast_tts.errors import InvalidInputError, UnknownVoiceError
+
+FAST = {"time_step": 1, "dur_alpha": 0.1, "seed": 7}  # short target audio keeps the full-size DiT/WaveVAE quick
 
 
 def _prompt(tmp_path) -> tuple[bytes, str]:
@@ -29,13 +30,13 @@ def _prompt(tmp_path) -> tuple[bytes, str]:
     return buf.getvalue(), str(path)
 
 
-@pytest.fixture(scope="module")
-def engine(mega_root):  # noqa: F811
+@pytest_asyncio.fixture
+async def engine(mega_root):  # noqa: F811
     from fast_tts.engine.megatts3 import AsyncMega3Engine
 
     eng = AsyncMega3Engine(aligner_variant(mega_root, DEFAULT_ALIGNER_SEQ), max_concurrency=2)
     yield eng
-    eng._close()
+    await eng.shutdown()
 
 
 async def test_reference_errors(engine, tmp_path) -> None:
@@ -56,6 +57,7 @@ async def test_reference_errors(engine, tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_clone_speaker_and_stream(engine, tmp_path) -> None:
     wav, npy = _prompt(tmp_path)
     with pytest.warns(UserWarning, match="pitch"):

@@ -7,15 +7,13 @@ variants (plain rule weights for e, the engineered stream of each g case) share 
 from __future__ import annotations
 
 import gc
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from fast_tts.models.megatts3.loader import MegaTTS3Models, load_megatts3
 from megatts3_fixtures import aligner_variant, cases, mega_root, tensors  # noqa: F401  (mega_root: fixture)
 
+from fast_tts.models.megatts3.loader import MegaTTS3Models, load_megatts3
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rel: bool = False) -> None:
@@ -26,11 +24,11 @@ def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rel: bool = False
 
 
 @pytest.fixture(scope="session")
-def mega_models(mega_root) -> MegaTTS3Models:
+def mega_models(mega_root) -> MegaTTS3Models:  # noqa: F811
     return load_megatts3(mega_root, load_g2p=False)
 
 
-def test_checkpoint_layout_counts(mega_root) -> None:
+def test_checkpoint_layout_counts(mega_root) -> None:  # noqa: F811
     from fast_tts.models.megatts3.loader import read_state
 
     want = {("diffusion_transformer/model_only_last.ckpt", "dit"): 484,
@@ -140,8 +138,9 @@ def _g_case_names() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("case", _g_case_names())
-def test_end_to_end_fixture_g(mega_root, case) -> None:
+def test_end_to_end_fixture_g(mega_root, case) -> None:  # noqa: F811
     from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline, crossfade, to_int16
 
     c, d = cases()["cases"][case], tensors(case)

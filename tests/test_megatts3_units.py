@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from megatts3_fixtures import tensors
 
 from fast_tts.errors import ModelLoadError
 from fast_tts.models.megatts3 import frontend
-from fast_tts.models.megatts3.phones import fix_total, length_regulate, merge, split_merged, split_stream
+from fast_tts.models.megatts3.phones import (
+    fix_total,
+    length_regulate,
+    merge,
+    split_merged,
+    split_stream,
+)
 from fast_tts.models.megatts3.pipeline import clean_text, crossfade, to_int16
-from megatts3_fixtures import tensors
 
 
 def test_phone_tone_fixture_a() -> None:

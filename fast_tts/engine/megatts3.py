@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,9 +24,12 @@ from fast_tts.engine.base import AsyncEngine, Voice
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
 from fast_tts.models.megatts3.g2p import MAX_NEW_TOKENS
 from fast_tts.models.megatts3.loader import load_megatts3
-from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline, SegmentJoiner, clean_text, to_int16
-
-log = logging.getLogger(__name__)
+from fast_tts.models.megatts3.pipeline import (
+    MegaTTS3Pipeline,
+    SegmentJoiner,
+    clean_text,
+    to_int16,
+)
 
 IGNORED = ("pitch", "speed")
 
@@ -62,7 +64,7 @@ class AsyncMega3Engine(AsyncEngine):
     can_clone = True
     sample_rate = 24000
     default_voice = ""
-    family_params = {
+    family_params: ClassVar[dict[str, Any]] = {
         "temperature": 0.9, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.0, "max_tokens": 4096,
         "time_step": 32, "p_w": 1.6, "t_w": 2.5, "dur_disturb": 0.1, "dur_alpha": 1.0,
     }
@@ -216,15 +218,12 @@ class AsyncMega3Engine(AsyncEngine):
         if tail.size:
             yield to_int16(tail), len(ids), len(ids)
 
-    def _close(self) -> None:
+    async def shutdown(self) -> None:
+        """Stop the G2P backend, then the engine's workers."""
         backend, self._backend = self._backend, None
         if backend is not None:
-            try:
-                loop = asyncio.new_event_loop()
-                loop.run_until_complete(backend.shutdown())
-                loop.close()
-            except Exception as exc:  # shutting down must not raise
-                log.warning("G2P backend shutdown: %s", exc)
+            await backend.shutdown()
+        await super().shutdown()
 
 
 def _device(name: str) -> str:

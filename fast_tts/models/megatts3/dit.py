@@ -7,8 +7,8 @@ projections) is computed once by `condition`; each sampler step then only runs t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -7,14 +7,20 @@ Keys are cached after rotary (positions equal cache indices, so this matches re-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fast_tts.models.megatts3.phones import LONG_PAUSE, SHORT_PAUSE, length_regulate, mel2ph_to_dur
+from fast_tts.models.megatts3.phones import (
+    LONG_PAUSE,
+    SHORT_PAUSE,
+    length_regulate,
+    mel2ph_to_dur,
+)
 from fast_tts.models.megatts3.relenc import RelTransformerEncoder, sin_pos_emb
 
 
@@ -35,7 +41,7 @@ class DurationConfig:
     tone_dict_size: int = 20
 
     @classmethod
-    def from_yaml(cls, cfg: Mapping[str, Any]) -> "DurationConfig":
+    def from_yaml(cls, cfg: Mapping[str, Any]) -> DurationConfig:
         """Read the upstream hparams names; unsupported variants raise ValueError naming the key."""
         for key, want in (("use_pos_embed", False), ("use_post_ln", False), ("mega_use_char", False)):
             if bool(cfg.get(key, want)) != want:

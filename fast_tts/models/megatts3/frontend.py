@@ -36,7 +36,7 @@ def to_16k(wav: np.ndarray, sr_in: int = SAMPLE_RATE) -> np.ndarray:
 
     wav = np.asarray(wav, dtype=np.float32)
     out = soxr.resample(wav, sr_in, WHISPER_SR, quality="HQ").astype(np.float32)
-    n = int(math.ceil(len(wav) * WHISPER_SR / sr_in))
+    n = math.ceil(len(wav) * WHISPER_SR / sr_in)
     if len(out) < n:
         out = np.pad(out, (0, n - len(out)))
     return out[:n]

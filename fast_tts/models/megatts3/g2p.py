@@ -42,7 +42,7 @@ class G2P(nn.Module):
         return self.speech_start + STOP_OFFSET
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "G2P":
+    def from_folder(cls, folder: str | Path) -> G2P:
         """Load config.json, tokenizer.json and model.safetensors (or its sharded index) from a HF folder."""
         from safetensors.torch import load_file
         from tokenizers import Tokenizer

@@ -6,7 +6,7 @@ The checkpoint stores legacy weight-norm pairs (`weight_g`, `weight_v`); `fold_w
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
