@@ -161,9 +161,13 @@ async def stream_audio(
                 samples += int(chunk.shape[0])
                 if resampler is not None:
                     chunk = resampler.resample_chunk(chunk)
-                data = await _encode_chunk(encoder, fmt, chunk)
-                if data:
-                    yield _delta(data) if sse else data
+                # the first chunk can be seconds long: encode and send its first quarter second on its own, so the
+                # costly codecs (mp3, opus) put audio on the wire after ~5 ms of encoding instead of ~60
+                pieces = (chunk[: rate // 4], chunk[rate // 4:]) if samples == len(first) else (chunk,)
+                for piece in pieces:
+                    data = await _encode_chunk(encoder, fmt, piece)
+                    if data:
+                        yield _delta(data) if sse else data
                 chunk = await anext(iterator, None)
             if resampler is not None:
                 data = await _encode_chunk(encoder, fmt, resampler.resample_chunk(np.zeros(0, np.int16), last=True))
