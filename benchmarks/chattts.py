@@ -102,7 +102,8 @@ def ours(models: ChatTTSModels, batches: list[int], tokens: int, e2e_tokens: int
     return out
 
 
-def reference(python: str, ckpt: Path, batches: list[int], tokens: int, e2e_tokens: int, threads: int) -> dict:
+def reference(python: str, ckpt: Path, batches: list[int], tokens: int, e2e_tokens: int, threads: int,
+              serving_tokens: int = 0) -> dict:
     """Run benchmarks/reference/chattts_reference.py in the reference's environment on the same checkpoint."""
     tmp = ckpt / "bench"
     tmp.mkdir(exist_ok=True)
@@ -111,7 +112,7 @@ def reference(python: str, ckpt: Path, batches: list[int], tokens: int, e2e_toke
     cmd = [python, str(ROOT / "benchmarks/reference/chattts_reference.py"), "--checkpoint", str(ckpt),
            "--dims", str(tmp / "dims.json"), "--spk-stat", spk_stat_string(FULL_DIMS["gpt"]["hidden_size"]),
            "--texts", str(tmp / "texts.json"), "--batches", ",".join(map(str, batches)), "--tokens", str(tokens),
-           "--threads", str(threads), "--e2e-tokens", str(e2e_tokens)]
+           "--threads", str(threads), "--e2e-tokens", str(e2e_tokens), "--serving-tokens", str(serving_tokens)]
     run = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if run.returncode != 0:
         raise RuntimeError(f"reference run failed:\n{run.stderr[-3000:]}")

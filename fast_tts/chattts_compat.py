@@ -195,7 +195,8 @@ class Chat:
         """Load the checkpoint; True on success. `options` go to the runtime (dtype, backend, max_batch, ...)."""
         import torch
 
-        from fast_tts.engine.chattts_runtime import ChatTTSRuntime, load_models
+        from fast_tts.engine.chattts_runtime import ChatTTSRuntime
+        from fast_tts.models.chattts.loader import load_chattts
 
         if use_flash_attn and _missing("flash_attn"):
             raise MissingDependencyError("use_flash_attn=True needs flash-attn: pip install flash-attn")
@@ -211,7 +212,7 @@ class Chat:
             return False
         device = torch.device(device) if device is not None else _default_device()
         dtype = options.pop("dtype", self.config.dtype)
-        models = load_models(
+        models = load_chattts(
             root,
             device=device,
             spk_stat=self.config.spk_stat,

@@ -86,6 +86,26 @@ def timed_codes(chat: "ChatTTS.Chat", texts: list[str], tokens: int, seed: int) 
     return elapsed
 
 
+def serving(chat: "ChatTTS.Chat", texts: list[str], tokens: int) -> dict:
+    """All texts as one `infer` list (generation + decode), and the first chunk of a streamed single text."""
+    params = chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
+    start = time.perf_counter()
+    wavs = chat.infer(texts, skip_refine_text=True, split_text=False, params_infer_code=params,
+                      do_text_normalization=False)
+    elapsed = time.perf_counter() - start
+    assert len(wavs) == len(texts)
+    result = {"list_texts": len(texts), "list_wall_s": elapsed, "list_frames_per_s": len(texts) * tokens / elapsed}
+    start = time.perf_counter()
+    stream = chat.infer(texts[0], stream=True, skip_refine_text=True, split_text=False, params_infer_code=params,
+                        do_text_normalization=False)
+    for chunk in stream:
+        if chunk.size:
+            result["stream_first_chunk_s"] = time.perf_counter() - start
+            result["stream_first_chunk_samples"] = int(chunk.shape[-1])
+            break
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, type=Path)
@@ -96,6 +116,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--e2e-tokens", type=int, default=470, help="code frames of the end-to-end utterance")
+    parser.add_argument("--serving-tokens", type=int, default=0,
+                        help="if > 0: also time infer() of all texts as one list and the first streamed chunk")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chat = ChatTTS.Chat(logging.getLogger("reference"))
@@ -127,6 +149,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     seconds = len(wavs[0]) / 24000
     out["e2e"] = {"audio_s": seconds, "wall_s": elapsed, "rtf": elapsed / seconds}
+    if args.serving_tokens:
+        out["serving"] = serving(chat, texts, args.serving_tokens)
     print(json.dumps(out))
 
 

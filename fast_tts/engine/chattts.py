@@ -19,7 +19,8 @@ import torch
 
 from fast_tts.audio import read_audio, to_int16
 from fast_tts.engine.base import AsyncEngine, Voice
-from fast_tts.engine.chattts_runtime import SAMPLE_RATE, ChatTTSRuntime, CodeRequest, code_sampling, load_models
+from fast_tts.engine.chattts_runtime import SAMPLE_RATE, ChatTTSRuntime, CodeRequest, code_sampling
+from fast_tts.models.chattts.loader import load_chattts
 from fast_tts.engine.streaming import SegmentJoiner
 from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError
 from fast_tts.models.chattts.normalizer import Normalizer
@@ -66,7 +67,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         if model_path is None:
             raise ModelLoadError("AsyncChatTTSEngine needs model_path: a folder with the ChatTTS asset/ layout")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        models = load_models(model_path, device=device, spk_stat=spk_stat, residual_scale_base=residual_scale_base)
+        models = load_chattts(model_path, device=device, spk_stat=spk_stat, residual_scale_base=residual_scale_base)
         self.runtime = ChatTTSRuntime(models, backend=backend, dtype=dtype, device=device, max_batch=max_batch,
                                       compile=compile)
         self.normalizer = Normalizer()

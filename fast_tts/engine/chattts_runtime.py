@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,11 +19,10 @@ import torch
 from fast_tts.backends import GenerationStream, create_backend
 from fast_tts.engine.batcher import DecodeBatcher
 from fast_tts.engine.streaming import StreamPlan, stream_windows
-from fast_tts.errors import InvalidInputError, ModelLoadError
+from fast_tts.errors import InvalidInputError
 from fast_tts.models.chattts.decode import HOP, decode_rows, wav_length
 from fast_tts.models.chattts.gpt import TextLM, inject_speaker
-from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
-from fast_tts.models.chattts.quantizer import ScaleBase
+from fast_tts.models.chattts.loader import ChatTTSModels
 from fast_tts.models.chattts.speaker import decode_prompt, decode_speaker, encode_prompt, normalize_speaker
 from fast_tts.models.chattts.tokenizer import decorate_code_prompts, decorate_text_prompts
 from fast_tts.sampling import SamplingParams
@@ -189,31 +187,6 @@ class ChatTTSRuntime:
         await self.code_gen.shutdown()
         await self.text_gen.shutdown()
         await asyncio.get_running_loop().run_in_executor(None, self.decoder.close)
-
-
-def load_models(
-    root: str | Path,
-    device: str | torch.device = "cpu",
-    spk_stat: str | None = None,
-    residual_scale_base: ScaleBase = "levels_minus_1",
-) -> ChatTTSModels:
-    """Load a checkpoint folder; speaker statistics from `spk_stat`, `asset/spk_stat.json` or `asset/spk_stat.pt`.
-
-    The released Hugging Face repo carries the statistics as `asset/spk_stat.pt` (one float tensor std ++ mean),
-    read here with `weights_only=True`. `residual_scale_base` selects the DVAE quantizer's residual scale
-    (see fast_tts.models.chattts.quantizer; "levels" reproduces vector_quantize_pytorch 1.32, the fixture's version).
-    """
-    models = load_chattts(root, device=device, spk_stat=spk_stat, residual_scale_base=residual_scale_base)
-    legacy = Path(root) / "asset" / "spk_stat.pt"
-    if models.spk_std is None and legacy.is_file():
-        try:
-            stat = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot read {legacy}: {exc}") from exc
-        if not isinstance(stat, torch.Tensor) or stat.numel() != 2 * models.config.gpt.hidden_size:
-            raise ModelLoadError(f"{legacy} must hold {2 * models.config.gpt.hidden_size} values (std ++ mean)")
-        models.spk_std, models.spk_mean = stat.flatten().to(torch.float16).chunk(2)
-    return models
 
 
 def code_sampling(

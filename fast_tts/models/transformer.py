@@ -49,7 +49,8 @@ class DecoderConfig:
         act = cfg.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"unsupported hidden_act {act!r} in decoder config (only 'silu' is implemented)")
-        scaling = cfg.get("rope_scaling")
+        rope = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta here
+        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
             raise ValueError(f"unsupported rope_scaling {scaling!r} in decoder config")
         heads = int(cfg["num_attention_heads"])
@@ -60,7 +61,7 @@ class DecoderConfig:
             num_heads=heads,
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
             qkv_bias=bool(cfg.get("attention_bias", "qwen2" in arch.lower())),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
             head_dim=cfg.get("head_dim"),
