@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -96,3 +98,18 @@ async def reference_audio_from_form(
     if len(audio) == 0 or sample_rate <= 0:
         raise ApiError(400, f"{field} contains no audio", field, "invalid_audio")
     return data
+
+
+def validate_form(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    """Validate form fields with pydantic; the first error becomes a 422 naming its field."""
+    if isinstance(fields.get("params"), str):
+        try:
+            fields["params"] = json.loads(fields["params"])
+        except json.JSONDecodeError as exc:
+            raise ApiError(422, f"params: not valid JSON ({exc.msg})", "params", "invalid_value") from None
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(422, f"{param}: {err['msg']}", param, "invalid_value") from None

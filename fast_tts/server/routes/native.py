@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
 from fast_tts.errors import FastTTSError
 from fast_tts.server.problems import ApiError, from_engine_error
@@ -14,7 +13,7 @@ from fast_tts.server.routes.common import require_json
 from fast_tts.server.schemas import AudioFormat, EngineParams, SpeakRequest
 from fast_tts.server.state import ServerState, get_state
 from fast_tts.server.synthesis import stream_audio, whole_audio
-from fast_tts.server.uploads import parse_multipart, reference_audio_from_form
+from fast_tts.server.uploads import parse_multipart, reference_audio_from_form, validate_form
 
 router = APIRouter()
 
@@ -49,21 +48,6 @@ class CloneForm(EngineParams):
     reference_audio_url: str | None = Field(default=None, max_length=2048)
     response_format: AudioFormat = "wav"
     stream: bool = True
-
-
-def validate_form(model: type[BaseModel], fields: dict[str, Any]) -> Any:
-    """Validate form fields with pydantic; the first error becomes a 422 naming its field."""
-    if isinstance(fields.get("params"), str):
-        try:
-            fields["params"] = json.loads(fields["params"])
-        except json.JSONDecodeError as exc:
-            raise ApiError(422, f"params: not valid JSON ({exc.msg})", "params", "invalid_value") from None
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(422, f"{param}: {err['msg']}", param, "invalid_value") from None
 
 
 @router.post("/api/clone")

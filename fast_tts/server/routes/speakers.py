@@ -9,10 +9,9 @@ from fastapi.responses import JSONResponse
 
 from fast_tts.errors import FastTTSError, UnknownVoiceError
 from fast_tts.server.problems import ApiError, from_engine_error
-from fast_tts.server.routes.native import validate_form
 from fast_tts.server.schemas import SpeakerRequest
 from fast_tts.server.state import ServerState, get_state
-from fast_tts.server.uploads import parse_multipart, reference_audio_from_form
+from fast_tts.server.uploads import parse_multipart, reference_audio_from_form, validate_form
 from fast_tts.speakers import validate_name
 
 router = APIRouter(prefix="/api/speakers")
