@@ -23,7 +23,7 @@ LONG_TEXT = " ".join(f"Sentence {n} keeps the only synthesis slot busy for a lit
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     args = ["--speakers-dir", str(tmp_path_factory.mktemp("speakers")), "--max-upload-mb", "0.05",
-            "--max-text-chars", "600", "--max-concurrency", "1", "--max-queue", "1"]
+            "--max-text-chars", "600", "--max-concurrency", "1", "--max-queue", "1", "--stream-lead", "1.0"]
     with ServerProcess(args, api_key=KEY) as srv:
         yield srv
 
@@ -194,3 +194,24 @@ def test_client_leaving_the_queue_frees_its_place(server: ServerProcess) -> None
     _wait_for(server, lambda h: h["active"] == 0 and h["engine"]["active"] == 0)
     response = httpx.post(f"{server.url}/api/speak", headers=server.headers, json={"text": "Next please."}, timeout=30)
     assert response.status_code == 200
+
+
+def test_stream_lead_paces_streams_to_real_time(server: ServerProcess) -> None:
+    """With --stream-lead 1.0 a stream never runs more than ~1 s of audio ahead of the wall clock."""
+    text = "One small sentence is spoken first. Then a second one follows it. A third one ends the text."
+    started = time.perf_counter()
+    first_at = None
+    received = 0
+    with httpx.stream("POST", f"{server.url}/api/speak", headers=server.headers, timeout=60,
+                      json={"text": text, "response_format": "pcm"}) as response:
+        assert response.status_code == 200
+        rate = int(response.headers["x-sample-rate"])
+        for piece in response.iter_raw():
+            now = time.perf_counter()
+            first_at = first_at or now
+            received += len(piece)
+            ahead = received / 2 / rate - (now - first_at)
+            assert ahead < 1.0 + 3.6, ahead  # lead + one Piper sentence chunk that may arrive whole
+    wall = time.perf_counter() - started
+    audio_s = received / 2 / rate
+    assert audio_s > 4 and wall > audio_s - 1.0 - 3.6 * 0.5, (wall, audio_s)

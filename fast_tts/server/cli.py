@@ -33,6 +33,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="map an OpenAI voice name (alloy, nova, ...) to one of ours; repeatable")
     parser.add_argument("--openai-pcm-rate", type=int, default=24000,
                         help="sample rate of response_format=pcm on /v1 (OpenAI's is 24000; 0 = the model's own)")
+    parser.add_argument("--stream-lead", type=float, default=0.0, metavar="SECONDS",
+                        help="pace streams to stay at most this much audio ahead of real time (0: as fast as "
+                             "possible); under load the CPU then goes to other requests' first audio")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -48,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allow_url_audio=args.allow_url_audio,
         model_name=args.model_name,
         openai_pcm_rate=args.openai_pcm_rate or None,
+        stream_lead_s=max(0.0, args.stream_lead),
         voice_aliases=parse_aliases(args.voice_alias),
     )
 

@@ -23,6 +23,7 @@ class ServerConfig:
     allow_url_audio: bool = False
     model_name: str | None = None
     openai_pcm_rate: int | None = 24000  # None: pcm at the engine's own rate
+    stream_lead_s: float = 0.0  # > 0: streams stay at most this much audio ahead of real time (frees CPU under load)
     voice_aliases: dict[str, str] = field(default_factory=dict)
 
     @property

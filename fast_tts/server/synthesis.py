@@ -147,7 +147,9 @@ async def stream_audio(
         if isinstance(exc, FastTTSError):
             raise from_engine_error(exc) from exc
         raise
-    state.metrics.ttfa.labels(route, "true").observe(time.perf_counter() - started)
+    first_at = time.perf_counter()
+    state.metrics.ttfa.labels(route, "true").observe(first_at - started)
+    lead_s = state.config.stream_lead_s
     finished = False
 
     async def body() -> AsyncIterator[bytes]:
@@ -168,6 +170,10 @@ async def stream_audio(
                     data = await _encode_chunk(encoder, fmt, piece)
                     if data:
                         yield _delta(data) if sse else data
+                if lead_s > 0:  # pacing: no more than lead_s of audio ahead of real time, so the CPU goes elsewhere
+                    ahead = samples / sample_rate - (time.perf_counter() - first_at)
+                    if ahead > lead_s:
+                        await asyncio.sleep(ahead - lead_s)
                 chunk = await anext(iterator, None)
             if resampler is not None:
                 data = await _encode_chunk(encoder, fmt, resampler.resample_chunk(np.zeros(0, np.int16), last=True))
