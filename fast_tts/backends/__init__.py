@@ -13,7 +13,7 @@ from typing import Any
 from fast_tts.backends.base import GenerationResult, GenerationStream, Generator, StepOutput
 from fast_tts.errors import InvalidInputError, MissingDependencyError, UnsupportedOperationError
 
-# backend name -> (importable module, pip extra / package that provides it)
+# backend name -> (importable module, pip package that provides it)
 _OPTIONAL = {
     "vllm": ("vllm", "vllm"),
     "sglang": ("sglang", "sglang"),
@@ -38,7 +38,7 @@ def create_backend(name: str, adapter: Any, **options: Any) -> Generator:
     module, package = _OPTIONAL[key]
     if importlib.util.find_spec(module) is None:
         raise MissingDependencyError(
-            f"backend {key!r} needs the {package!r} package: pip install {package} (or the fast-tts[{key}] extra)"
+            f"backend {key!r} needs the {package!r} package: pip install {package}"
         )
     raise UnsupportedOperationError(
         f"backend {key!r}: {package} is installed, but fast-tts does not drive it yet; use backend='torch'"
