@@ -324,3 +324,25 @@ def test_a_closed_event_loop_does_not_break_the_worker() -> None:
         assert asyncio.run(run_one()).token_ids.shape == (6, CODEBOOKS)  # the abandoned request gave its slot back
     finally:
         asyncio.run(b.shutdown())
+
+
+async def test_rows_freed_around_a_request_do_not_change_its_tokens(backend) -> None:
+    """Freed rows below a request move it (mid-prefill or decoding); its tokens must not change."""
+    params_c = SamplingParams(temperature=0.9, max_new_tokens=30, seed=21)
+    alone = await backend(prefill_chunk=2).submit(_prompt(30, 7), params_c).collect()
+    b = backend(max_batch=3, prefill_chunk=2)
+    # A leaves after 6 steps while C (15 prefill iterations) is mid-prefill: C's row shifts with its partial cache.
+    a = b.submit(_prompt(3, 5), SamplingParams(max_new_tokens=6, seed=5))
+    c = b.submit(_prompt(30, 7), params_c)
+    assert (await a.collect()).token_ids.shape[0] == 6
+    assert torch.equal((await c.collect()).token_ids, alone.token_ids)
+    # B is cancelled mid-prefill below C; later A leaves and C's decoding row moves into row 0.
+    a = b.submit(_prompt(3, 5), SamplingParams(max_new_tokens=24, seed=5))
+    long_b = b.submit(_prompt(60, 6), SamplingParams(max_new_tokens=5, seed=6))
+    c = b.submit(_prompt(30, 7), params_c)
+    for _ in range(4):
+        await a.__anext__()
+    await long_b.cancel()
+    assert long_b.finish_reason == "cancelled"
+    assert (await a.collect()).token_ids.shape[0] == 20
+    assert torch.equal((await c.collect()).token_ids, alone.token_ids)
