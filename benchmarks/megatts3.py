@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--prompt-seconds", type=float, default=7.0)
     ap.add_argument("--target-seconds", type=float, default=6.4)
     ap.add_argument("--skip-g2p", action="store_true")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time the reference's way on this machine: aligner recomputing the prefix (and the "
+                         "cross-attention K/V) every step, WaveVAE decoding prompt+target")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -101,6 +104,18 @@ def main() -> None:
     _, t_al = timed(models.aligner.greedy, mel, 200, False)
     rows.append(("aligner, 200 greedy steps (KV cache)", t_al, REFERENCE["aligner"]))
 
+    if args.baseline:
+        def no_cache(steps: int = 200) -> None:
+            with torch.inference_mode():
+                feats = models.aligner.embed_audio(mel)
+                tokens = torch.tensor([[798]])
+                for _ in range(steps):
+                    nxt = models.aligner.logits(tokens, feats)[:, -1].argmax(-1, keepdim=True)
+                    tokens = torch.cat([tokens, nxt], 1)
+
+        _, t_al_ref = timed(no_cache)
+        rows.append(("  same machine, reference way (no KV cache)", t_al_ref, None))
+
     if not args.skip_g2p:
         rows.append(("G2P, 120 tokens, Qwen2.5-0.5B shape", g2p_seconds(), REFERENCE["g2p"]))
 
@@ -126,6 +141,10 @@ def main() -> None:
     with torch.inference_mode():
         _, t_vae = timed(models.wavvae.decode_range, x, n_ref)
     rows.append((f"WaveVAE, target {n_tgt} latents (+16 context)", t_vae, REFERENCE["wavvae"] * total / 336))
+    if args.baseline:
+        with torch.inference_mode():
+            _, t_vae_ref = timed(models.wavvae, x)
+        rows.append((f"  same machine, reference way (all {total} latents)", t_vae_ref, None))
 
     print(f"\nthreads={args.threads} prompt={n_ref / 25:.1f}s target={audio_s:.1f}s ({total} latents)")
     print(f"{'stage':55s} {'ours s':>8s} {'ref s':>8s} {'speedup':>8s}")
@@ -133,7 +152,8 @@ def main() -> None:
         ref_txt = f"{theirs:8.1f}" if theirs else f"{'-':>8s}"
         sp = f"{theirs / ours:7.1f}x" if theirs else f"{'-':>8s}"
         print(f"{name:55s} {ours:8.2f} {ref_txt} {sp}")
-    fixed = t_pre + t_al + t_dur + t_vae + (rows[3][1] if not args.skip_g2p else 0.0)  # conservative: both aligner runs
+    t_g2p = next((r[1] for r in rows if r[0].startswith("G2P")), 0.0)
+    fixed = t_pre + t_al + t_dur + t_vae + t_g2p  # conservative: both aligner runs
     for steps, t_dit in e2e.items():
         ours = fixed + t_dit
         theirs = REFERENCE["aligner"] + REFERENCE["g2p"] + REFERENCE["duration"] + REFERENCE["wavvae"] * total / 336 \
