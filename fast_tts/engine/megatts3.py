@@ -58,7 +58,12 @@ def split_reference(reference_audio: Any) -> tuple[Any, Any]:
 
 
 class AsyncMega3Engine(AsyncEngine):
-    """MegaTTS3 engine: `model_path` is the official checkpoint folder (diffusion_transformer/, ..., g2p/)."""
+    """MegaTTS3 engine: `model_path` is the official checkpoint folder (diffusion_transformer/, ..., g2p/).
+
+    Reference-004 constructor. `batch_size`, `wait_timeout`, `llm_attn_implementation` and
+    `llm_gpu_memory_utilization` are accepted for compatibility and unused: segments of a request run one after
+    another on the worker threads, while the G2P prompts of all its segments are batched in the LM backend.
+    """
 
     family = "megatts3"
     can_clone = True
