@@ -346,3 +346,25 @@ async def test_rows_freed_around_a_request_do_not_change_its_tokens(backend) -> 
     assert long_b.finish_reason == "cancelled"
     assert (await a.collect()).token_ids.shape[0] == 20
     assert torch.equal((await c.collect()).token_ids, alone.token_ids)
+
+
+async def test_a_burst_of_short_prompts_is_prefilled_together(backend) -> None:
+    params = [SamplingParams(temperature=0.8, max_new_tokens=10, seed=30 + i) for i in range(6)]
+    prompts = [_prompt(3 + 2 * i, 40 + i) for i in range(6)]
+    solo = backend(max_batch=1)
+    alone = [await solo.submit(p, sp).collect() for p, sp in zip(prompts, params)]
+    b = backend(max_batch=8, prefill_chunk=64)
+    calls: list[int] = []
+    forward = b.model.forward
+    b.model.forward = lambda x, *a, **k: calls.append(x.shape[1]) or forward(x, *a, **k)
+    bad = torch.full((4, CODEBOOKS), VOCAB + 1)  # fails the grouped forward, then fails alone
+    streams = [b.submit(p, sp) for p, sp in zip(prompts[:3], params[:3])]
+    bad_stream = b.submit(bad, SamplingParams(max_new_tokens=5))
+    streams += [b.submit(p, sp) for p, sp in zip(prompts[3:], params[3:])]
+    with pytest.raises(IndexError):
+        await bad_stream.collect()
+    results = [await s.collect() for s in streams]
+    for got, want in zip(results, alone):
+        assert torch.equal(got.token_ids, want.token_ids)
+    prefills = [width for width in calls if width > 1]  # decode steps have width 1
+    assert len(prefills) < 6  # 6 good prompts, fewer prefill forwards: [3, 5, 7, 13] when all arrive at once

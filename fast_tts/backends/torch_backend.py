@@ -252,9 +252,17 @@ class TorchBackend:
                 self._rows.append(self._waiting.popleft())
 
     def _prefill(self) -> None:
-        """Prefill newcomers in row order, at most `prefill_chunk` prompt positions in all."""
+        """Prefill newcomers in row order, at most `prefill_chunk` prompt positions in all.
+
+        Newcomers whose whole remaining prompt fits in the budget go through one padded forward together (a burst of
+        short prompts reads the weights once); a longer prompt is prefilled alone, one chunk per iteration.
+        """
         budget = self.prefill_chunk
         while budget > 0 and len(self._rows) > self._decoding:
+            group = self._short_prompts(budget)
+            if len(group) > 1 and self._prefill_group(group):
+                budget -= sum(r.prompt_len - r.prefilled for r in group)
+                continue
             row = self._decoding
             req = self._rows[row]
             start = req.prefilled
@@ -282,6 +290,59 @@ class TorchBackend:
             self._decoding += 1
             if self._record(req, tokens[0], bool(stopped[0]), hidden[0], req.prompt_len):
                 self._remove_row(row)
+
+    def _short_prompts(self, budget: int) -> list[_Request]:
+        """The run of newcomers from row D whose remaining prompts all fit in `budget` (and the cache unpadded)."""
+        group: list[_Request] = []
+        width = 0
+        for req in self._rows[self._decoding :]:
+            left = req.prompt_len - req.prefilled
+            width = max(width, left)
+            if left > budget or any(r.prefilled + width > self.max_seq for r in (*group, req)):
+                break
+            group.append(req)
+            budget -= left
+        return group
+
+    def _prefill_group(self, group: list[_Request]) -> bool:
+        """Finish the prefill of rows D..D+k-1 in one padded forward; False (nothing changed) if that failed.
+
+        Padding positions write K/V past each prompt's end; a row's decode overwrites a position before reading it
+        and masks keys by position, so that padding is never read.
+        """
+        first, k = self._decoding, len(group)
+        lefts = [r.prompt_len - r.prefilled for r in group]
+        width = max(lefts)
+        try:
+            x = torch.zeros(k, width, self.hidden_size, dtype=self.dtype, device=self.device)
+            for i, req in enumerate(group):
+                chunk = req.prompt[req.prefilled :]
+                x[i, : lefts[i]] = (self.adapter.embed(chunk[None])[0] if req.is_ids else chunk).to(self.dtype)
+            starts = torch.tensor([r.prefilled for r in group], device=self.device)
+            positions = starts[:, None] + torch.arange(width, device=self.device)
+            kv_len = max(r.prefilled for r in group) + width
+            h = self.model(x, positions, rows=slice(first, first + k), kv_len=kv_len)
+        except Exception:  # let the one-by-one path find (and fail) the bad request
+            log.debug("grouped prefill failed; prefilling one by one", exc_info=True)
+            return False
+        last = torch.tensor(lefts, device=self.device) - 1
+        hidden = h[torch.arange(k, device=self.device), last].float()
+        for i, req in enumerate(group):
+            req.prefilled = req.prompt_len
+            self.sampler.set_row(first + i, req.params)
+        tokens, stopped = self.sampler.sample(self.adapter.logits(hidden), slice(first, first + k))
+        stop_list = stopped.tolist()
+        self._last[first : first + k] = tokens
+        self._pos[first : first + k] = torch.tensor([r.prompt_len for r in group], device=self.device)
+        self._decoding += k
+        done = [
+            first + i
+            for i, req in enumerate(group)
+            if self._record(req, tokens[i], stop_list[i], hidden[i], req.prompt_len)
+        ]
+        for row in reversed(done):
+            self._remove_row(row)
+        return True
 
     def _decode(self) -> None:
         """One decode step for rows 0..D-1."""
