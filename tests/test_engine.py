@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fast_tts.engine.base import _WorkerPool
 from fast_tts.engine.piper import AsyncPiperEngine
 from fast_tts.errors import (
     EngineClosedError,
@@ -222,3 +224,49 @@ async def test_shutdown_refuses_every_call() -> None:
         await engine.clone_voice_async("Hello.", b"")
     with pytest.raises(EngineClosedError):
         engine.list_speakers()
+
+
+def test_worker_pool_runs_most_urgent_first_and_survives_errors() -> None:
+    pool = _WorkerPool(1, "test")
+    gate = threading.Event()
+    order: list[int] = []
+    blocker = pool.submit(0, gate.wait)
+    futures = [pool.submit(p, order.append, p) for p in (5, 1, 3, 0)]
+    failing = pool.submit(2, lambda: 1 / 0)
+    skipped = pool.submit(4, order.append, 99)
+    assert skipped.cancel()
+    gate.set()
+    for future in [blocker, *futures]:
+        future.result(timeout=10)
+    assert isinstance(failing.exception(timeout=10), ZeroDivisionError)
+    assert order == [0, 1, 3, 5]
+    pool.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.submit(0, order.append, 7)
+
+
+async def test_new_request_first_chunk_overtakes_running_lookahead() -> None:
+    """One worker, two long streams playing: a third request's first chunk comes next, not after their queue."""
+    engine = AsyncPiperEngine(max_concurrency=3, workers=1)
+    events: list[str] = []
+
+    async def play(label: str, text: str, limit: int) -> None:
+        count = 0
+        async for _ in engine.speak_stream_async(text, deterministic=True):
+            events.append(label)
+            count += 1
+            if count == limit:
+                break
+
+    long_text = THREE * 3
+    players = [asyncio.create_task(play(label, long_text, 6)) for label in "AB"]
+    while events.count("A") < 2 or events.count("B") < 2:
+        await asyncio.sleep(0.005)
+    mark = len(events)
+    await play("C", OTHER, 1)
+    after = events[mark:]
+    assert after.index("C") <= 1, after  # at most the step already running finishes first
+    for task in players:
+        task.cancel()
+    await asyncio.gather(*players, return_exceptions=True)
+    await engine.shutdown()

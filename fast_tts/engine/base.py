@@ -19,10 +19,13 @@ Then add one line to ENGINES in fast_tts/engine/auto.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,58 @@ class Voice:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+class _WorkerPool:
+    """Worker threads that take the most urgent job first (lowest priority value, then first come).
+
+    The engine gives a request's step the number of chunks that request has already produced as its priority, so
+    a newly admitted request's first chunk overtakes the look-ahead steps of requests that are already playing.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        self._start = threading.Lock()
+        self._started = False
+
+    def submit(self, priority: float, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue `fn(*args)` (threads start on first use); RuntimeError once the pool is shut down."""
+        with self._start:
+            if self._closed:
+                raise RuntimeError("worker pool is shut down")
+            if not self._started:
+                self._started = True
+                for thread in self._threads:
+                    thread.start()
+            future: Future[Any] = Future()
+            self._jobs.put((priority, next(self._order), (future, fn, args)))  # under the lock: before any stop mark
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued: skip it
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the request; the worker lives on
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the threads."""
+        with self._start:
+            self._closed = True
+            started = self._threads if self._started else []
+            for _ in started:
+                self._jobs.put((float("inf"), next(self._order), None))
+        for thread in started:
+            thread.join()
+
+
 class AsyncEngine(ABC):
     """Async text-to-speech engine; subclasses implement the `_hook` methods for one model family."""
 
@@ -91,7 +146,7 @@ class AsyncEngine(ABC):
         # Requests admitted (slots) and compute threads (workers) are separate: admitted requests interleave their
         # chunk steps on the workers, so each one's first chunk comes early even when slots outnumber cores.
         self.workers = workers or min(max_concurrency, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"tts-{self.family}")
+        self._pool = _WorkerPool(self.workers, f"tts-{self.family}")
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._waiting = 0
         self._active = 0
@@ -218,11 +273,11 @@ class AsyncEngine(ABC):
 
     # ----- request lifecycle --------------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking `fn` on the engine's worker pool."""
+    async def _run(self, fn: Callable[..., Any], *args: Any, priority: float = 0) -> Any:
+        """Run blocking `fn` on the engine's worker pool (lower `priority` runs first)."""
         self._check_open()
         try:
-            future = self._pool.submit(fn, *args)
+            future = self._pool.submit(priority, fn, *args)
         except RuntimeError as exc:  # pool already shut down
             raise EngineClosedError(f"the {self.family} engine has been shut down") from exc
         return await asyncio.wrap_future(future)
@@ -302,12 +357,14 @@ class AsyncEngine(ABC):
         pending: asyncio.Future[Any] | None = None
         try:
             steps = self._pipeline(text, voice, params)
-            pending = asyncio.ensure_future(self._run(next, steps, None))
+            made = 0
+            pending = asyncio.ensure_future(self._run(next, steps, None, priority=made))
             while True:
                 item = await pending
                 if item is None:
                     break
-                pending = asyncio.ensure_future(self._run(next, steps, None))  # look ahead one chunk
+                made += 1
+                pending = asyncio.ensure_future(self._run(next, steps, None, priority=made))  # look ahead one chunk
                 yield item
         finally:
             if pending is not None and not pending.done():
@@ -410,7 +467,7 @@ class AsyncEngine(ABC):
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
         self._close()
 
     async def __aenter__(self) -> AsyncEngine:
