@@ -98,6 +98,7 @@ class TorchBackend:
         compile: bool = False,
         pack_weights: bool | None = None,
         num_threads: int | None = None,
+        kv_dtype: str | torch.dtype | None = None,
     ) -> None:
         if max_batch < 1:
             raise InvalidInputError("max_batch must be >= 1", "max_batch")
@@ -114,7 +115,11 @@ class TorchBackend:
         if pack_weights is None:  # torch.compile does its own weight packing (inductor freezing)
             pack_weights = self.device.type == "cpu" and not compile and packing_available(self.dtype)
         self.packed = pack_weights and pack_linears(self.model) > 0
-        self.model.setup_cache(max_batch, max_seq, self.dtype)
+        # CPU SDPA is much slower on a bf16 cache than on a float32 one, so bf16 weights keep a float32 cache there.
+        if kv_dtype is None:
+            kv_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        self.kv_dtype = resolve_dtype(kv_dtype)
+        self.model.setup_cache(max_batch, max_seq, self.kv_dtype)
         self.num_codebooks = adapter.num_codebooks
         self.hidden_size = self.model.config.hidden_size
         with torch.no_grad():
