@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def engine(checkpoint: Path, tmp_path: Path):
-    eng = AsyncChatTTSEngine(checkpoint, speakers_dir=tmp_path / "speakers")
+    eng = AsyncChatTTSEngine(checkpoint, dtype="float32", speakers_dir=tmp_path / "speakers")
     yield eng
     await eng.shutdown()
 
@@ -97,7 +97,7 @@ async def test_cancel_mid_stream_leaves_others_intact(engine: AsyncChatTTSEngine
 
 async def test_speakers_by_name_persist(checkpoint: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    eng = AsyncChatTTSEngine(checkpoint, speakers_dir=store)
+    eng = AsyncChatTTSEngine(checkpoint, dtype="float32", speakers_dir=store)
     try:
         await eng.add_speaker("alice", seed=11)
         wav = (np.sin(np.arange(36000) * 0.05) * 0.3).astype(np.float32)
@@ -109,7 +109,7 @@ async def test_speakers_by_name_persist(checkpoint: Path, tmp_path: Path) -> Non
         assert not np.array_equal(a1, b1)
     finally:
         await eng.shutdown()
-    eng2 = AsyncChatTTSEngine(checkpoint, speakers_dir=store)
+    eng2 = AsyncChatTTSEngine(checkpoint, dtype="float32", speakers_dir=store)
     try:
         assert {"alice", "bob"} <= set(eng2.list_speakers())
         a2 = await eng2.speak_async("你好", name="alice", **FAST)
@@ -144,7 +144,7 @@ async def test_bad_input(engine: AsyncChatTTSEngine) -> None:
 
 
 async def test_auto_engine_builds_chattts(checkpoint: Path) -> None:
-    eng = AutoEngine(checkpoint)
+    eng = AutoEngine(checkpoint)  # default dtype "auto": bf16 where supported
     try:
         assert isinstance(eng, AsyncChatTTSEngine)
         assert (await eng.speak_async("你好", **FAST)).size

@@ -4,7 +4,8 @@ A request's segments all go to the code backend at once (a few in flight per req
 concurrently with each other and with other requests; each segment streams through the windowed decoder, and
 segments are joined with a short crossfade. Voices: "default" (a fixed speaker drawn from the model's speaker
 statistics), and custom speakers made from a speaker string, a seed, or reference audio (cloning through the DVAE
-encoder), persisted in the speaker store.
+encoder), persisted in the speaker store. The GPT runs in bf16 where the CPU or GPU supports it (`dtype="auto"`);
+pass dtype="float32" for output identical to the reference.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         model_path: str | Path,
         *,
         device: str | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         backend: str = "torch",
         max_batch: int = 8,
         max_concurrency: int = 8,
