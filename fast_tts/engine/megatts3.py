@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from fast_tts.engine.base import AsyncEngine, Voice
+from fast_tts.engine.streaming import SegmentJoiner
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
 from fast_tts.models.megatts3.g2p import MAX_NEW_TOKENS
 from fast_tts.models.megatts3.loader import load_megatts3
 from fast_tts.models.megatts3.pipeline import (
     MegaTTS3Pipeline,
-    SegmentJoiner,
+    CROSSFADE_S,
     clean_text,
     to_int16,
 )
@@ -211,13 +212,14 @@ class AsyncMega3Engine(AsyncEngine):
         self._prompt(voice)
         ids = asyncio.run_coroutine_threadsafe(self._g2p_all(texts, seed, params), loop).result()
         params = {**params, "_generator": torch.Generator().manual_seed(seed)}
-        joiner = SegmentJoiner(self.sample_rate)
+        joiner = SegmentJoiner(int(self.sample_rate * CROSSFADE_S), dtype=np.float64)
         for i, (gen, finish) in enumerate(ids):
             ph, tone = self._phones(gen, finish)
             for wav in self._synthesize((ph, tone, i, len(ids)), voice, params):
                 out = joiner.push(wav)
                 if out.size:
                     yield to_int16(out), i, len(ids)
+            joiner.end_segment()
             yield np.zeros(0, dtype=np.int16), i + 1, len(ids)
         tail = joiner.flush()
         if tail.size:

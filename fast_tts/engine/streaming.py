@@ -97,21 +97,22 @@ class SegmentJoiner:
     `np.hanning(2 * fade)` (MegaTTS3's 0.16 s join is `fade` = 3840 at 24 kHz).
     """
 
-    def __init__(self, fade: int) -> None:
+    def __init__(self, fade: int, dtype: type = np.float32) -> None:
         self.fade = fade
-        window = np.hanning(2 * fade).astype(np.float32) if fade else np.zeros(0, dtype=np.float32)
+        self.dtype = dtype
+        window = np.hanning(2 * fade).astype(dtype) if fade else np.zeros(0, dtype=dtype)
         self._fade_in, self._fade_out = window[:fade], window[fade:]
-        self._hold = np.zeros(0, dtype=np.float32)  # end of the current segment, not final yet
+        self._hold = np.zeros(0, dtype=dtype)  # end of the current segment, not final yet
         self._tail: np.ndarray | None = None  # end of the previous segment, waiting for the next head
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
         """Add audio of the current segment; returns what is final now."""
-        buf = np.concatenate([self._hold, np.asarray(chunk, dtype=np.float32)])
+        buf = np.concatenate([self._hold, np.asarray(chunk, dtype=self.dtype)])
         if self._tail is not None:
             n = len(self._tail)
             if len(buf) < n:
                 self._hold = buf
-                return np.zeros(0, dtype=np.float32)
+                return np.zeros(0, dtype=self.dtype)
             buf[:n] = self._tail * self._fade_out[-n:] + buf[:n] * self._fade_in[:n]
             self._tail = None
         cut = max(len(buf) - self.fade, 0)
@@ -123,10 +124,10 @@ class SegmentJoiner:
         if self._tail is not None:  # a segment shorter than the fade: keep the old tail, append it plainly
             self._hold = np.concatenate([self._tail, self._hold])
             self._tail = None
-        self._tail, self._hold = self._hold, np.zeros(0, dtype=np.float32)
+        self._tail, self._hold = self._hold, np.zeros(0, dtype=self.dtype)
 
     def flush(self) -> np.ndarray:
         """End of the stream: the last segment's end, unfaded."""
         parts = [p for p in (self._tail, self._hold) if p is not None]
-        self._tail, self._hold = None, np.zeros(0, dtype=np.float32)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        self._tail, self._hold = None, np.zeros(0, dtype=self.dtype)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)

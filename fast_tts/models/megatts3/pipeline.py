@@ -75,29 +75,6 @@ def crossfade(segments: list[np.ndarray], sample_rate: int = SAMPLE_RATE, second
     return out
 
 
-class SegmentJoiner:
-    """Streaming form of `crossfade`: emit each segment minus its last w samples, fade those into the next one."""
-
-    def __init__(self, sample_rate: int = SAMPLE_RATE, seconds: float = CROSSFADE_S) -> None:
-        self.w = int(sample_rate * seconds)
-        self.win = np.hanning(2 * self.w)
-        self.tail: np.ndarray | None = None
-
-    def push(self, seg: np.ndarray) -> np.ndarray:
-        """Add the next segment; returns the samples that are final now."""
-        seg = np.asarray(seg, dtype=np.float64)
-        w = self.w
-        if self.tail is not None:
-            seg = np.concatenate([self.tail * self.win[w:] + seg[:w] * self.win[:w], seg[w:]])
-        self.tail = seg[-w:].copy()
-        return seg[:-w]
-
-    def flush(self) -> np.ndarray:
-        """End of the stream: the held tail."""
-        tail, self.tail = self.tail, None
-        return np.zeros(0) if tail is None else tail
-
-
 def to_int16(wav: np.ndarray) -> np.ndarray:
     """x * 32767 truncated toward zero, as the reference's wav writer."""
     return (np.asarray(wav, dtype=np.float64) * 32767).astype(np.int16)
