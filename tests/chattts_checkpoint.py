@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from fast_tts.models.chattts.loader import COMPONENT_FILES
 from fast_tts.models.chattts.mel import htk_mel_filterbank
 
 # The real model's sizes (2Noise/ChatTTS); `num_text_tokens` follows the tokenizer that ships with the checkpoint.
@@ -36,13 +37,6 @@ FULL_DIMS: dict[str, Any] = {
     "vocos": {"dim": 512, "intermediate_dim": 1536, "num_layers": 8},
 }
 
-COMPONENT_FILES = {
-    "vocos": "asset/Vocos.safetensors",
-    "dvae": "asset/DVAE.safetensors",
-    "decoder": "asset/Decoder.safetensors",
-    "embed": "asset/Embed.safetensors",
-    "gpt": "asset/gpt/model.safetensors",
-}
 
 KIND_SCALE_OFFSET = {
     "bias": (0.02, 0.0),

@@ -66,11 +66,14 @@ async def test_clone_speaker_and_stream(engine, tmp_path) -> None:
     await engine.add_speaker("alice", audio=(wav, npy))
     assert "alice" in engine.list_speakers()
     again = await engine.speak_async("Hello there.", "alice", **FAST)
-    np.testing.assert_array_equal(again, cloned)  # same voice, text and seed: same samples
+    # Same voice, text and seed: the same samples up to float rounding (CPU kernels may pick other vector paths
+    # between runs, which can flip the int16 truncation by one step).
+    assert again.shape == cloned.shape and int(np.abs(again.astype(np.int32) - cloned).max()) <= 2
     text = "First part here. Second part there."
     params = dict(FAST, length_threshold=3, window_size=3)
     whole = await engine.speak_async(text, "alice", **params)
     chunks = [c async for c in engine.speak_stream_async(text, "alice", **params)]
     assert len(chunks) >= 2
-    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+    streamed = np.concatenate(chunks)
+    assert streamed.shape == whole.shape and int(np.abs(streamed.astype(np.int32) - whole).max()) <= 2
     assert whole.size > cloned.size
