@@ -26,7 +26,6 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -61,9 +60,6 @@ class _LoopThread:
 
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def submit(self, coro: Any) -> Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def iterate(self, agen: Any) -> Iterator[Any]:
         """Drive an async generator from this (other) thread; closing the iterator closes the generator."""

@@ -236,8 +236,6 @@ def test_ensure_non_empty_with_seed(chat: Any, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(adapter, "logits", eos_first)
     params = ChatTTS.Chat.InferCodeParams(max_new_token=6, manual_seed=1, ensure_non_empty=True)
-    import asyncio
-
     wav, ids = chat._loop.run(chat.runtime.synthesize(chat._request("你好", params, True)))
     assert ids.shape[0] == 1 and wav.size == 256  # one frame generated, then eos
 

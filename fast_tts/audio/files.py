@@ -96,7 +96,7 @@ def read_audio(source: str | Path | bytes, target_sr: int | None = None) -> tupl
 
     try:
         frames, sr = _read_soundfile(data)
-    except Exception as sf_error:  # libsndfile cannot read it (mp3 in old builds, m4a, aac...): try FFmpeg
+    except Exception:  # libsndfile cannot read it (mp3 in old builds, m4a, aac...): try FFmpeg
         try:
             frames, sr = _read_av(data)
         except Exception as av_error:
