@@ -1,16 +1,24 @@
-"""CPU linear layers with weights reordered once into oneDNN's blocked layout.
+"""CPU linear layers with weights reordered once for decode-sized matmuls.
 
-Decode is a stream of skinny matmuls (batch rows x weight). On this CPU, `F.linear` reaches about half the memory
-bandwidth at batch 1 and gets slower still at batch 8 (fp32), while oneDNN's prepacked path stays close to the read
-bandwidth at every batch size and runs bf16 with AVX-512 BF16. The backend swaps each `nn.Linear` of the decoder for
-`PackedLinear` when packing is available and gives the same numbers (checked once on a probe).
+Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast the weights stream from memory.
+- bf16 weights, on CPUs with AVX-512 BF16 and a C compiler: `TiledBF16Linear` runs our kernel
+  (`native/bf16_matmul.c`), which reads the weight at the memory read bandwidth at batch 1 to 8 (oneDNN's bf16 path
+  reaches about half of it) and also wins on prefill-sized batches.
+- otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback.
+The backend swaps each `nn.Linear` of the decoder once; each path is checked against `F.linear` on a probe first.
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fast_tts.backends.native import bf16_kernels
+
+TILE = 32  # output rows per tile of the native layout
 
 
 class PackedLinear(nn.Module):
@@ -26,27 +34,77 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def packing_available(dtype: torch.dtype) -> bool:
-    """True when the packed path exists here and matches `F.linear` on a probe (within float tolerance)."""
+class TiledBF16Linear(nn.Module):
+    """Inference-only bf16 `nn.Linear` run by the native kernel over a weight repacked into 32-row tiles (CPU)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        lib = bf16_kernels()
+        if lib is None or not tiled_layout_fits(linear):
+            raise ValueError("the native bf16 kernel is not available for this layer")
+        self._lib = lib
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().to(torch.bfloat16).contiguous()
+        self.packed = torch.empty_like(weight)
+        lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.out_features, self.in_features)
+        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        out = torch.empty(rows.shape[0], self.out_features, dtype=torch.bfloat16)
+        if rows.shape[0]:
+            self._lib.fast_tts_matmul_bf16(
+                rows.data_ptr(),
+                self.packed.data_ptr(),
+                None if self.bias is None else self.bias.data_ptr(),
+                out.data_ptr(),
+                rows.shape[0],
+                self.out_features,
+                self.in_features,
+                ctypes.c_int(torch.get_num_threads()),
+            )
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def tiled_layout_fits(linear: nn.Linear) -> bool:
+    """The native layout needs out_features % 32 == 0 and an even in_features, on a CPU tensor."""
+    return linear.weight.device.type == "cpu" and linear.out_features % TILE == 0 and linear.in_features % 2 == 0
+
+
+def _matches_linear(make: type[nn.Module], dtype: torch.dtype) -> bool:
+    """True when `make(linear)` builds here and matches `F.linear` on a probe (within float tolerance)."""
     try:
-        lin = nn.Linear(64, 48).to(dtype)
+        lin = nn.Linear(64, 96).to(dtype)
         x = torch.randn(3, 2, 64, dtype=dtype)
         with torch.no_grad():
-            got = PackedLinear(lin)(x).float()
-            want = F.linear(x, lin.weight, lin.bias).float()
-    except (AttributeError, RuntimeError, NotImplementedError):
+            got = make(lin)(x).float()
+            want = F.linear(x.float(), lin.weight.float(), lin.bias.float())
+    except (AttributeError, RuntimeError, NotImplementedError, ValueError):
         return False
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     return got.shape == want.shape and bool(torch.allclose(got, want, rtol=tol, atol=tol))
 
 
+def native_bf16_available() -> bool:
+    """True when the native bf16 kernel builds here and matches `F.linear` on a probe."""
+    return bf16_kernels() is not None and _matches_linear(TiledBF16Linear, torch.bfloat16)
+
+
+def packing_available(dtype: torch.dtype) -> bool:
+    """True when some packed path exists here for `dtype` and matches `F.linear` on a probe."""
+    if dtype == torch.bfloat16 and native_bf16_available():
+        return True
+    return _matches_linear(PackedLinear, dtype)
+
+
 def pack_linears(module: nn.Module) -> int:
-    """Replace every `nn.Linear` under `module` by a `PackedLinear`, in place; returns how many were swapped."""
+    """Replace every `nn.Linear` under `module` by the fastest packed layer that fits, in place; returns how many."""
+    native = native_bf16_available()
     swapped = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(module, name, PackedLinear(child))
-            swapped += 1
-        else:
-            swapped += pack_linears(child)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                use_native = native and child.weight.dtype == torch.bfloat16 and tiled_layout_fits(child)
+                setattr(parent, name, TiledBF16Linear(child) if use_native else PackedLinear(child))
+                swapped += 1
     return swapped

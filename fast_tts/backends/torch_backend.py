@@ -10,7 +10,9 @@ Scheduling, in one loop on the worker thread:
 - sampling runs once per step for the whole batch with per-row parameters (`fast_tts.sampling.BatchSampler`);
 - records go to the asyncio side with one `call_soon_threadsafe` per step; the event loop never waits on compute.
 
-On CPU the decoder's linear layers are swapped for oneDNN-prepacked ones (`pack_weights`, see cpu_linear.py).
+On CPU the decoder's linear layers are swapped for packed ones (`pack_weights`, see cpu_linear.py): bf16 weights go
+to our tiled kernel where the CPU has AVX-512 BF16 and a C compiler is present, and decode steps then run through
+`cpu_decode.NativeDecoder`; everything else uses oneDNN's prepacked layout.
 `compile=True` wraps the decoder in `torch.compile(dynamic=True)` (and then skips the manual packing): off by default,
 because on the 2-core build CPU the first step took ~6 minutes to compile and later steps ran slower than eager
 (bf16, batch 1: 670 vs 130 ms wall under load). Worth trying on a GPU.
@@ -36,6 +38,7 @@ from fast_tts.backends.base import (
     GenerationStream,
     StepOutput,
 )
+from fast_tts.backends.cpu_decode import NativeDecoder
 from fast_tts.backends.cpu_linear import pack_linears, packing_available
 from fast_tts.backends.lm import LMAdapter
 from fast_tts.errors import EngineClosedError, InvalidInputError
@@ -127,6 +130,8 @@ class TorchBackend:
         self.vocab_size = int(probe.shape[-1])
         self.sampler = BatchSampler(max_batch, self.num_codebooks, self.vocab_size, max_seq, self.device)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        # bf16 decode steps on CPU run through the native kernels when the layers were tiled (cpu_decode.py)
+        self._native_decode = None if compile else NativeDecoder.for_model(self.model)
         self._last = torch.zeros(max_batch, self.num_codebooks, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._rows: list[_Request] = []  # index = cache row; [:_decoding] decode, the rest are being prefilled
@@ -356,7 +361,10 @@ class TorchBackend:
         kv_len = max(r.prompt_len + r.generated for r in self._rows[:d])
         try:
             x = self.adapter.embed(self._last[:d, None, :]).to(self.dtype)
-            h = self._forward(x, self._pos[:d, None], rows=rows, kv_len=kv_len)
+            if self._native_decode is not None:
+                h = self._native_decode(x, self._pos[:d, None], rows)
+            else:
+                h = self._forward(x, self._pos[:d, None], rows=rows, kv_len=kv_len)
             hidden = h[:, 0].float()
             tokens, stopped = self.sampler.sample(self.adapter.logits(hidden), rows)
         except Exception as exc:  # cannot blame one row: fail the step's requests, keep the worker alive

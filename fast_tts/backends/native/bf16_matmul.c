@@ -1,0 +1,81 @@
+/* bf16 matrix x weight-transpose product for decode-sized batches on CPUs with AVX-512 BF16.
+ *
+ * Decode multiplies a few activation rows by every weight of the model, so its speed is the speed at which the
+ * weights stream from memory. The weight is repacked once so that one pass reads it strictly sequentially:
+ * tiles of 32 output rows; inside a tile, for each pair of input columns, 16 rows x 2 columns for the first half
+ * of the tile, then the same for the second half (128 bytes). A tile's two 512-bit loads per column pair feed one
+ * `vdpbf16ps` per activation row, which accumulates in float32 lanes that are already the outputs, so nothing
+ * needs a horizontal sum. Up to 8 activation rows share each weight load; more rows take further passes over a
+ * tile that is by then in cache. Tiles are shared out over OpenMP threads.
+ *
+ * Built at run time by fast_tts/backends/native/__init__.py and called through ctypes.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TILE 32
+#define MAX_ROWS 8
+
+/* Reorder a row-major (n, k) bf16 weight into the tiled layout above; n % 32 == 0 and k % 2 == 0. */
+void fast_tts_pack_bf16(const uint16_t *weight, uint16_t *packed, int64_t n, int64_t k) {
+    for (int64_t tile = 0; tile < n; tile += TILE)
+        for (int64_t col = 0; col < k; col += 2)
+            for (int64_t r = 0; r < TILE; r++) {
+                uint16_t *dst = packed + tile * k + col * TILE + (r / 16) * 32 + (r % 16) * 2;
+                const uint16_t *src = weight + (tile + r) * k + col;
+                dst[0] = src[0];
+                dst[1] = src[1];
+            }
+}
+
+static inline __attribute__((always_inline)) void tile_product(const uint16_t *x, int64_t k, const uint16_t *tile,
+                                                                const float *bias, uint16_t *y, int64_t ldy,
+                                                                int rows) {
+    __m512 lo[MAX_ROWS], hi[MAX_ROWS];
+    for (int b = 0; b < rows; b++) lo[b] = hi[b] = _mm512_setzero_ps();
+    for (int64_t col = 0; col < k; col += 2) {
+        const uint16_t *w = tile + col * TILE;
+        __m512bh w_lo = (__m512bh)_mm512_loadu_si512(w), w_hi = (__m512bh)_mm512_loadu_si512(w + 32);
+        for (int b = 0; b < rows; b++) {
+            uint32_t pair;
+            memcpy(&pair, x + b * k + col, sizeof pair);
+            __m512bh xb = (__m512bh)_mm512_set1_epi32((int)pair);
+            lo[b] = _mm512_dpbf16_ps(lo[b], w_lo, xb);
+            hi[b] = _mm512_dpbf16_ps(hi[b], w_hi, xb);
+        }
+    }
+    __m512 bias_lo = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    __m512 bias_hi = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+    for (int b = 0; b < rows; b++) { /* round to nearest even, like a bf16 cast */
+        _mm256_storeu_si256((__m256i *)(y + b * ldy), (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(lo[b], bias_lo)));
+        _mm256_storeu_si256((__m256i *)(y + b * ldy + 16), (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(hi[b], bias_hi)));
+    }
+}
+
+/* y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by fast_tts_pack_bf16. */
+void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t m,
+                          int64_t n, int64_t k, int threads) {
+    int64_t tiles = n / TILE;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tiles; t++) {
+        const uint16_t *tile = packed + t * TILE * k;
+        const float *tile_bias = bias ? bias + t * TILE : NULL;
+        for (int64_t row = 0; row < m; row += MAX_ROWS) {
+            int rows = (int)(m - row < MAX_ROWS ? m - row : MAX_ROWS);
+            const uint16_t *xr = x + row * k;
+            uint16_t *yr = y + row * n + t * TILE;
+            /* constant row counts let the compiler keep every accumulator in a register */
+            switch (rows) {
+                case 8: tile_product(xr, k, tile, tile_bias, yr, n, 8); break;
+                case 7: tile_product(xr, k, tile, tile_bias, yr, n, 7); break;
+                case 6: tile_product(xr, k, tile, tile_bias, yr, n, 6); break;
+                case 5: tile_product(xr, k, tile, tile_bias, yr, n, 5); break;
+                case 4: tile_product(xr, k, tile, tile_bias, yr, n, 4); break;
+                case 3: tile_product(xr, k, tile, tile_bias, yr, n, 3); break;
+                case 2: tile_product(xr, k, tile, tile_bias, yr, n, 2); break;
+                default: tile_product(xr, k, tile, tile_bias, yr, n, 1); break;
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+"""The native bf16 matmul kernel: it builds where it should, and matches a float32 product of the same bf16 inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from fast_tts.backends import native
+from fast_tts.backends.cpu_linear import PackedLinear, TiledBF16Linear, pack_linears
+from fast_tts.models.transformer import DecoderConfig, Transformer
+
+CAN_BUILD = native.cpu_supports_bf16_kernels() and (shutil.which("cc") or shutil.which("gcc")) is not None
+needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="this CPU lacks AVX-512 BF16 or there is no C compiler")
+
+
+def test_kernel_builds_wherever_the_cpu_and_a_compiler_allow_it() -> None:
+    if os.environ.get("CI") and not CAN_BUILD:
+        pytest.skip("CI machine without AVX-512 BF16 or a compiler")
+    assert (native.bf16_kernels() is not None) == CAN_BUILD
+
+
+def _reference(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """float32 product of the same bf16 operands, bias added in float32."""
+    out = x.float() @ lin.weight.float().T
+    return out if lin.bias is None else out + lin.bias.float()
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 64])
+@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(32, 2, False), (96, 64, True), (2304, 768, True)])
+def test_tiled_linear_matches_float_product(rows: int, out_features: int, in_features: int, bias: bool) -> None:
+    torch.manual_seed(rows * 7 + in_features)
+    lin = nn.Linear(in_features, out_features, bias=bias).to(torch.bfloat16)
+    x = torch.randn(rows, in_features).to(torch.bfloat16)
+    with torch.no_grad():
+        got = TiledBF16Linear(lin)(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
+    want = _reference(x, lin)
+    # only the final rounding to bf16 (and float32 summation order) may differ
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=1e-5)
+
+
+@needs_kernel
+def test_tiled_linear_takes_batched_and_strided_inputs() -> None:
+    lin = nn.Linear(64, 96).to(torch.bfloat16)
+    layer = TiledBF16Linear(lin)
+    wide = torch.randn(3, 5, 128).to(torch.bfloat16)
+    x = wide[..., ::2]  # not contiguous
+    with torch.no_grad():
+        got = layer(x)
+        empty = layer(torch.empty(0, 64, dtype=torch.bfloat16))
+    assert got.shape == (3, 5, 96) and empty.shape == (0, 96)
+    torch.testing.assert_close(got.float(), _reference(x, lin), rtol=2**-8, atol=1e-5)
+
+
+@needs_kernel
+def test_pack_linears_uses_the_kernel_where_the_layout_fits() -> None:
+    model = Transformer(DecoderConfig(64, 128, 2, 4, 2)).to(torch.bfloat16)
+    model.extra = nn.Linear(64, 80).to(torch.bfloat16)  # 80 outputs do not fill 32-row tiles
+    x = torch.randn(2, 3, 64).to(torch.bfloat16)
+    expected = model.extra(x).float()
+    assert pack_linears(model) == 2 * 4 + 1
+    kinds = {type(m) for m in model.modules() if isinstance(m, (TiledBF16Linear, PackedLinear))}
+    assert kinds == {TiledBF16Linear, PackedLinear}
+    assert isinstance(model.extra, PackedLinear)
+    torch.testing.assert_close(model.extra(x).float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_switch_off_and_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    native.bf16_kernels.cache_clear()
+    try:
+        monkeypatch.setenv("FAST_TTS_NATIVE", "0")
+        assert native.bf16_kernels() is None
+        monkeypatch.setenv("FAST_TTS_NATIVE", "1")
+        monkeypatch.setenv("FAST_TTS_CACHE_DIR", str(tmp_path))
+        native.bf16_kernels.cache_clear()
+        lib = native.bf16_kernels()
+        assert (lib is not None) == CAN_BUILD
+        built = list((tmp_path / "native").glob("fast_tts_kernels-*.so"))
+        assert len(built) == (1 if CAN_BUILD else 0)
+        assert not list((tmp_path / "native").glob("*.tmp"))  # the atomic write leaves nothing behind
+    finally:
+        native.bf16_kernels.cache_clear()
+
+
+class _TinyLM(nn.Module):
+    """A one-codebook adapter (embedding in, head out) around a small random decoder."""
+
+    num_codebooks = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = _random_decoder(DecoderConfig(64, 128, 2, 4, 2), seed=3).float()
+        self.emb = nn.Embedding(50, 64)
+        self.head = nn.Linear(64, 50, bias=False)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.emb(tokens[..., 0])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)[:, None].float()
+
+
+def _random_decoder(cfg: DecoderConfig, seed: int) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(cfg)
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.05) if p.dim() > 1 else nn.init.uniform_(p, 0.5, 1.5)
+    if cfg.qkv_bias:
+        for layer in model.layers:
+            nn.init.normal_(layer.self_attn.wqkv.bias, std=0.5)
+    return model.to(torch.bfloat16)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "cfg",
+    [DecoderConfig(128, 256, 2, 4, 4), DecoderConfig(128, 320, 2, 4, 2, qkv_bias=True)],  # Llama; Qwen2-like GQA
+    ids=["llama", "qwen2-gqa"],
+)
+def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig) -> None:
+    from fast_tts.backends.cpu_decode import NativeDecoder
+
+    model = _random_decoder(cfg, seed=1)
+    pack_linears(model)
+    model.setup_cache(5, 32, torch.float32)
+    batch, rows = 3, slice(1, 4)
+    with torch.no_grad():
+        model(torch.randn(batch, 9, cfg.hidden_size).to(torch.bfloat16), torch.arange(9).repeat(batch, 1), rows=rows)
+        decoder = NativeDecoder.for_model(model)
+        assert decoder is not None
+        x = torch.randn(batch, 1, cfg.hidden_size).to(torch.bfloat16)
+        positions = torch.tensor([[9], [4], [7]])  # rows at different lengths (stale keys beyond must be ignored)
+        saved = model.k_cache.clone(), model.v_cache.clone()
+        want = model(x, positions, rows=rows, kv_len=10)
+        want_cache = model.k_cache.clone(), model.v_cache.clone()
+        model.k_cache.copy_(saved[0])
+        model.v_cache.copy_(saved[1])
+        got = decoder(x, positions, rows)
+    # same rounding points as the torch code: equal up to float32 summation order, i.e. at most a bf16 step or two
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(model.k_cache, want_cache[0], rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(model.v_cache, want_cache[1], rtol=0, atol=0)
+
+
+@needs_kernel
+def test_native_decoder_refuses_what_it_cannot_run() -> None:
+    from fast_tts.backends.cpu_decode import NativeDecoder
+
+    cfg = DecoderConfig(128, 256, 1, 4, 4)
+    plain = _random_decoder(cfg, seed=2)  # nn.Linear layers, not tiled
+    plain.setup_cache(1, 8, torch.float32)
+    assert NativeDecoder.for_model(plain) is None
+    tiled = _random_decoder(cfg, seed=2)
+    pack_linears(tiled)
+    tiled.setup_cache(1, 8, torch.bfloat16)  # the kernels read a float32 cache
+    assert NativeDecoder.for_model(tiled) is None
+    tiled.setup_cache(1, 8, torch.float32)
+    decoder = NativeDecoder.for_model(tiled)
+    assert decoder is not None
+    with pytest.raises(ValueError, match="past the KV cache"):
+        decoder(torch.zeros(1, 1, 128, dtype=torch.bfloat16), torch.tensor([[8]]), slice(0, 1))
+
+
+@needs_kernel
+async def test_backend_tokens_agree_with_and_without_the_native_path() -> None:
+    from fast_tts.backends import create_backend
+    from fast_tts.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.7, max_new_tokens=12, seed=5, return_hidden=True)
+    prompt = torch.randint(0, 50, (9, 1), generator=torch.Generator().manual_seed(1))
+    results = []
+    for pack in (True, False):
+        b = create_backend("torch", _TinyLM(), max_batch=2, max_seq=64, dtype="bfloat16", pack_weights=pack)
+        try:
+            assert (b._native_decode is not None) is pack
+            results.append(await b.submit(prompt, params).collect())
+        finally:
+            await b.shutdown()
+    assert torch.equal(results[0].token_ids, results[1].token_ids)
+    torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=2e-2, atol=2e-2)
