@@ -183,3 +183,31 @@ async def test_backend_tokens_agree_with_and_without_the_native_path() -> None:
             await b.shutdown()
     assert torch.equal(results[0].token_ids, results[1].token_ids)
     torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=2e-2, atol=2e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 11])
+def test_float_output_keeps_the_float32_sums(rows: int) -> None:
+    lin = nn.Linear(96, 64).to(torch.bfloat16)
+    x = torch.randn(rows, 96).to(torch.bfloat16)
+    with torch.no_grad():
+        got = TiledBF16Linear(lin, float_out=True)(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, _reference(x, lin), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_g2p_head_runs_tiled_for_a_bf16_backend() -> None:
+    from fast_tts.models.megatts3.g2p import G2P
+
+    model = G2P(DecoderConfig(64, 128, 1, 4, 2, qkv_bias=True), 96, True, tokenizer=None, speech_start=0)
+    hidden = torch.randn(2, 64)
+    with torch.no_grad():
+        plain = model.logits(hidden)
+        model.prepare_for_backend(torch.float32, torch.device("cpu"))
+        assert model._decode_head is None  # float32 keeps the exact head
+        model.prepare_for_backend(torch.bfloat16, torch.device("cpu"))
+        tiled = model.logits(hidden)
+    assert isinstance(model._decode_head, TiledBF16Linear) and tiled.shape == plain.shape == (2, 1, 96)
+    want = hidden.to(torch.bfloat16).float() @ model.embed_tokens.weight.to(torch.bfloat16).float().T
+    torch.testing.assert_close(tiled[:, 0], want, rtol=1e-5, atol=1e-5)

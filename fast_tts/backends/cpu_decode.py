@@ -91,6 +91,7 @@ class NativeDecoder:
             x.shape[0],
             layer.out_features,
             layer.in_features,
+            0,
             threads,
         )
 

@@ -10,8 +10,6 @@ The backend swaps each `nn.Linear` of the decoder once; each path is checked aga
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,9 +33,12 @@ class PackedLinear(nn.Module):
 
 
 class TiledBF16Linear(nn.Module):
-    """Inference-only bf16 `nn.Linear` run by the native kernel over a weight repacked into 32-row tiles (CPU)."""
+    """Inference-only bf16 `nn.Linear` run by the native kernel over a weight repacked into 32-row tiles (CPU).
 
-    def __init__(self, linear: nn.Linear) -> None:
+    `float_out=True` returns the float32 sums unrounded (for logits).
+    """
+
+    def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
         super().__init__()
         lib = bf16_kernels()
         if lib is None or not tiled_layout_fits(linear):
@@ -48,10 +49,11 @@ class TiledBF16Linear(nn.Module):
         self.packed = torch.empty_like(weight)
         lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.out_features, self.in_features)
         self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        self.float_out = float_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        out = torch.empty(rows.shape[0], self.out_features, dtype=torch.bfloat16)
+        out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32 if self.float_out else torch.bfloat16)
         if rows.shape[0]:
             self._lib.fast_tts_matmul_bf16(
                 rows.data_ptr(),
@@ -61,7 +63,8 @@ class TiledBF16Linear(nn.Module):
                 rows.shape[0],
                 self.out_features,
                 self.in_features,
-                ctypes.c_int(torch.get_num_threads()),
+                int(self.float_out),
+                torch.get_num_threads(),
             )
         return out.view(*x.shape[:-1], self.out_features)
 

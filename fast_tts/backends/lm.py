@@ -1,7 +1,9 @@
 """What a model family hands to an LM backend: the decoder stack plus how to embed tokens and read logits.
 
 ChatTTS's GPT is one (4 codebooks summed at the input, 4 heads at the output; or text mode with one), a Qwen2
-G2P model is another (1 codebook, tied or untied lm_head). Backends only ever call these three members.
+G2P model is another (1 codebook, tied or untied lm_head). Backends only ever call these three members, plus
+`prepare_for_backend(dtype, device)` when an adapter defines it (called once, after the decoder was moved), which
+lets a family set up a faster head for the backend's dtype.
 """
 
 from __future__ import annotations

@@ -115,6 +115,9 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model = adapter.transformer
         self.model.to(device=self.device, dtype=self.dtype)  # the backend owns the adapter from here on
+        prepare = getattr(adapter, "prepare_for_backend", None)
+        if callable(prepare):
+            prepare(self.dtype, self.device)
         if pack_weights is None:  # torch.compile does its own weight packing (inductor freezing)
             pack_weights = self.device.type == "cpu" and not compile and packing_available(self.dtype)
         self.packed = pack_weights and pack_linears(self.model) > 0

@@ -311,14 +311,23 @@ class AsyncEngine(ABC):
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
 
     async def _stream(
-        self, text: Any, voice: Voice | str | None, params: dict[str, Any], progress: ProgressFn | None
+        self,
+        text: Any,
+        voice: Voice | str | None,
+        params: dict[str, Any],
+        progress: ProgressFn | None,
+        streamed: bool = True,
     ) -> AsyncIterator[np.ndarray]:
-        """Validate, wait for a slot, then stream the pipeline's chunks; always frees the slot on exit."""
+        """Validate, wait for a slot, then stream the pipeline's chunks; always frees the slot on exit.
+
+        `streamed` tells the family whether a caller is waiting on the first chunk (families may trade exactness
+        for latency there, e.g. MegaTTS3 sets a segment's level from its first second); it is `params["_streamed"]`.
+        """
         self._check_open()
         text = self._check_text(text)
         if not isinstance(voice, Voice):
             voice = await self._voice(voice)
-        params = self._params(voice, params)
+        params = {**self._params(voice, params), "_streamed": streamed}
         slots = self._semaphore()
         self._waiting += 1
         try:
@@ -378,7 +387,7 @@ class AsyncEngine(ABC):
         self, text: str, name: str | None = None, *, progress: ProgressFn | None = None, **params: Any
     ) -> np.ndarray:
         """Synthesize `text` with voice `name`; returns mono int16 audio at `sample_rate`."""
-        chunks = [chunk async for chunk in self._stream(text, name, params, progress)]
+        chunks = [chunk async for chunk in self._stream(text, name, params, progress, streamed=False)]
         return np.concatenate(chunks)
 
     def speak_stream_async(
@@ -397,19 +406,24 @@ class AsyncEngine(ABC):
         self, text: str, reference_audio: Any, reference_text: str | None = None, **params: Any
     ) -> np.ndarray:
         """Speak `text` in the voice of `reference_audio` (families with `can_clone`)."""
-        chunks = [c async for c in self.clone_voice_stream_async(text, reference_audio, reference_text, **params)]
-        return np.concatenate(chunks)
+        stream = self._clone_stream(text, reference_audio, reference_text, params, streamed=False)
+        return np.concatenate([chunk async for chunk in stream])
 
-    async def clone_voice_stream_async(
+    def clone_voice_stream_async(
         self, text: str, reference_audio: Any, reference_text: str | None = None, **params: Any
     ) -> AsyncIterator[np.ndarray]:
         """Streaming form of clone_voice_async."""
+        return self._clone_stream(text, reference_audio, reference_text, params, streamed=True)
+
+    async def _clone_stream(
+        self, text: str, reference_audio: Any, reference_text: str | None, params: dict[str, Any], streamed: bool
+    ) -> AsyncIterator[np.ndarray]:
         self._check_open()
         if not self.can_clone:
             raise self._cannot_clone()
         self._check_text(text)
         voice = await self._run(self._clone_voice, reference_audio, reference_text)
-        stream = self._stream(text, voice, params, None)
+        stream = self._stream(text, voice, params, None, streamed)
         try:
             async for chunk in stream:
                 yield chunk

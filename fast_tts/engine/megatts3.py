@@ -2,8 +2,10 @@
 
 Per request: text is cleaned, normalized and split; the G2P prompts of all segments go to the LM backend together
 (continuous batching, sampling per reference-004 defaults); then each segment runs duration LM -> DiT -> WaveVAE on
-the engine's worker threads and leaves as soon as it is made (segment-level streaming); segments are joined with the
-reference's 0.16 s Hann crossfade, so streaming and non-streaming output are the same samples.
+the engine's worker threads and leaves as soon as it is made; segments are joined with the reference's 0.16 s Hann
+crossfade. A stream's first segment leaves in WaveVAE pieces, its first about one second of audio, with its loudness
+gain set from that second (`MegaTTS3Pipeline.segment_pieces`): later segments, and all of `speak_async` /
+`clone_voice_async`, are the reference's samples.
 A voice is a reference wav plus its WaveVAE latent (.npy); its aligned prompt is computed once and cached.
 """
 
@@ -189,15 +191,27 @@ class AsyncMega3Engine(AsyncEngine):
         return self.pipeline.phones_from_g2p_ids(ids + [stop] if finish == "stop" else ids)
 
     def _synthesize(self, segment: Any, voice: Voice, params: dict[str, Any]) -> Iterator[np.ndarray]:
-        """One segment's float audio (after loudness matching); `segment` = (phones, tones, index, count)."""
+        """One segment's float audio (after loudness matching); `segment` = (phones, tones, index, count).
+
+        In a stream the first segment leaves in WaveVAE pieces (`MegaTTS3Pipeline.segment_pieces`), so the first
+        audio does not wait for the whole segment to decode; every other segment is decoded whole, as the reference.
+        """
         ph, tone, index, count = segment
-        with self._compute:
-            out = self.pipeline.segment(
-                self._prompt(voice), ph, tone, is_first=index == 0, is_final=index == count - 1,
-                time_step=params["time_step"], p_w=float(params["p_w"]), t_w=float(params["t_w"]),
-                dur_disturb=float(params["dur_disturb"]), dur_alpha=float(params["dur_alpha"]),
-                generator=params["_generator"])
-        yield out.wav
+        options = dict(is_first=index == 0, is_final=index == count - 1, time_step=params["time_step"],
+                       p_w=float(params["p_w"]), t_w=float(params["t_w"]), dur_disturb=float(params["dur_disturb"]),
+                       dur_alpha=float(params["dur_alpha"]), generator=params["_generator"])
+        if not (params.get("_streamed") and index == 0):
+            with self._compute:
+                out = self.pipeline.segment(self._prompt(voice), ph, tone, **options)
+            yield out.wav
+            return
+        pieces = self.pipeline.segment_pieces(self._prompt(voice), ph, tone, **options)
+        while True:
+            with self._compute:  # held per piece, so an abandoned stream never keeps the lock
+                wav = next(pieces, None)
+            if wav is None:
+                return
+            yield wav
 
     def _pipeline(self, text: str, voice: Voice, params: dict[str, Any]) -> Iterator[tuple[np.ndarray, int, int]]:
         loop = asyncio.get_running_loop()

@@ -95,7 +95,7 @@ def bf16_kernels() -> ctypes.CDLL | None:
     i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     signatures = {
         "fast_tts_pack_bf16": [ptr, ptr, i64, i64],
-        "fast_tts_matmul_bf16": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
+        "fast_tts_matmul_bf16": [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32],
         "fast_tts_rms_norm_bf16": [ptr, ptr, ptr, i64, i64, f32],
         "fast_tts_rope_store": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64],
         "fast_tts_attend_decode": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],

@@ -30,8 +30,8 @@ void fast_tts_pack_bf16(const uint16_t *weight, uint16_t *packed, int64_t n, int
 }
 
 static inline __attribute__((always_inline)) void tile_product(const uint16_t *x, int64_t k, const uint16_t *tile,
-                                                                const float *bias, uint16_t *y, int64_t ldy,
-                                                                int rows) {
+                                                                const float *bias, void *y, int64_t ldy, int rows,
+                                                                int float_out) {
     __m512 lo[MAX_ROWS], hi[MAX_ROWS];
     for (int b = 0; b < rows; b++) lo[b] = hi[b] = _mm512_setzero_ps();
     for (int64_t col = 0; col < k; col += 2) {
@@ -47,15 +47,24 @@ static inline __attribute__((always_inline)) void tile_product(const uint16_t *x
     }
     __m512 bias_lo = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
     __m512 bias_hi = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-    for (int b = 0; b < rows; b++) { /* round to nearest even, like a bf16 cast */
-        _mm256_storeu_si256((__m256i *)(y + b * ldy), (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(lo[b], bias_lo)));
-        _mm256_storeu_si256((__m256i *)(y + b * ldy + 16), (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(hi[b], bias_hi)));
+    for (int b = 0; b < rows; b++) {
+        __m512 out_lo = _mm512_add_ps(lo[b], bias_lo), out_hi = _mm512_add_ps(hi[b], bias_hi);
+        if (float_out) {
+            float *yf = (float *)y + b * ldy;
+            _mm512_storeu_ps(yf, out_lo);
+            _mm512_storeu_ps(yf + 16, out_hi);
+        } else { /* round to nearest even, like a bf16 cast */
+            uint16_t *yh = (uint16_t *)y + b * ldy;
+            _mm256_storeu_si256((__m256i *)yh, (__m256i)_mm512_cvtneps_pbh(out_lo));
+            _mm256_storeu_si256((__m256i *)(yh + 16), (__m256i)_mm512_cvtneps_pbh(out_hi));
+        }
     }
 }
 
-/* y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by fast_tts_pack_bf16. */
-void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t m,
-                          int64_t n, int64_t k, int threads) {
+/* y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by fast_tts_pack_bf16.
+ * y is bf16, or float32 when float_out is set (logits). */
+void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
+                          int64_t k, int float_out, int threads) {
     int64_t tiles = n / TILE;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
@@ -64,17 +73,18 @@ void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float
         for (int64_t row = 0; row < m; row += MAX_ROWS) {
             int rows = (int)(m - row < MAX_ROWS ? m - row : MAX_ROWS);
             const uint16_t *xr = x + row * k;
-            uint16_t *yr = y + row * n + t * TILE;
+            size_t offset = (size_t)(row * n + t * TILE);
+            void *yr = float_out ? (void *)((float *)y + offset) : (void *)((uint16_t *)y + offset);
             /* constant row counts let the compiler keep every accumulator in a register */
             switch (rows) {
-                case 8: tile_product(xr, k, tile, tile_bias, yr, n, 8); break;
-                case 7: tile_product(xr, k, tile, tile_bias, yr, n, 7); break;
-                case 6: tile_product(xr, k, tile, tile_bias, yr, n, 6); break;
-                case 5: tile_product(xr, k, tile, tile_bias, yr, n, 5); break;
-                case 4: tile_product(xr, k, tile, tile_bias, yr, n, 4); break;
-                case 3: tile_product(xr, k, tile, tile_bias, yr, n, 3); break;
-                case 2: tile_product(xr, k, tile, tile_bias, yr, n, 2); break;
-                default: tile_product(xr, k, tile, tile_bias, yr, n, 1); break;
+                case 8: tile_product(xr, k, tile, tile_bias, yr, n, 8, float_out); break;
+                case 7: tile_product(xr, k, tile, tile_bias, yr, n, 7, float_out); break;
+                case 6: tile_product(xr, k, tile, tile_bias, yr, n, 6, float_out); break;
+                case 5: tile_product(xr, k, tile, tile_bias, yr, n, 5, float_out); break;
+                case 4: tile_product(xr, k, tile, tile_bias, yr, n, 4, float_out); break;
+                case 3: tile_product(xr, k, tile, tile_bias, yr, n, 3, float_out); break;
+                case 2: tile_product(xr, k, tile, tile_bias, yr, n, 2, float_out); break;
+                default: tile_product(xr, k, tile, tile_bias, yr, n, 1, float_out); break;
             }
         }
     }

@@ -36,6 +36,7 @@ class G2P(nn.Module):
         self.lm_head = None if tie_embeddings else nn.Linear(cfg.hidden_size, vocab_size, bias=False)
         self.tokenizer = tokenizer
         self.speech_start = speech_start
+        self._decode_head: nn.Module | None = None
 
     @property
     def stop_id(self) -> int:
@@ -104,8 +105,24 @@ class G2P(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1, vocab) in float32 for final-norm hidden states (B, H)."""
+        if self._decode_head is not None:
+            return self._decode_head(hidden)[:, None]
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()[:, None]
+
+    def prepare_for_backend(self, dtype: torch.dtype, device: torch.device) -> None:
+        """For a bf16 backend on CPU, read the head (a third of Qwen2.5-0.5B) as a tiled bf16 copy through the
+        native kernel, with float32 sums, instead of streaming the float32 matrix every step."""
+        from fast_tts.backends.cpu_linear import TiledBF16Linear, native_bf16_available, tiled_layout_fits
+
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        head.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        usable = dtype == torch.bfloat16 and device.type == "cpu" and weight.device.type == "cpu"
+        if usable and tiled_layout_fits(head) and native_bf16_available():
+            self._decode_head = TiledBF16Linear(head, float_out=True)
+        else:
+            self._decode_head = None
 
     def phones(self, generated: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(phone, tone) rows (1, L) from the generated ids, reference slicing included."""

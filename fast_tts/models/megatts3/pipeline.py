@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,11 +23,14 @@ from fast_tts.models.megatts3.dit import NoiseFn, prepare_inputs
 from fast_tts.models.megatts3.duration import DurationPrompt, postprocess
 from fast_tts.models.megatts3.loader import MegaTTS3Models
 from fast_tts.models.megatts3.phones import fix_total, length_regulate, split_stream
+from fast_tts.models.megatts3.wavvae import HOP
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
 CROSSFADE_S = 0.16
+LEVEL_SECONDS = 1.0  # a stream's first piece: long enough for a BS.1770 loudness reading (>= 0.4 s blocks)
+STREAM_CHUNK_FRAMES = 50  # later pieces: 2 s of audio per WaveVAE call
 MAX_REFERENCE_SECONDS = 59.0  # the aligner encoder has 3000 positions = 60 s of 16 kHz mel after padding
 PHONE_VOCAB = 174
 _BRACKETS = re.compile(r"[《》〈〉「」『』【】]")
@@ -181,6 +184,44 @@ class MegaTTS3Pipeline:
                 dur_alpha: float = 1.0, noise: NoiseFn | None = None,
                 generator: torch.Generator | None = None) -> SegmentOutput:
         """Durations, DiT sampling, WaveVAE decoding and post-processing of one segment's phones."""
+        mel2ph, dit_out, vae_in = self._latents(ref, ph, tone, is_first=is_first, is_final=is_final,
+                                                time_step=time_step, p_w=p_w, t_w=t_w, dur_disturb=dur_disturb,
+                                                dur_alpha=dur_alpha, noise=noise, generator=generator)
+        vae_out = self.m.wavvae.decode_range(vae_in, ref.latent.shape[1])  # the prompt region is trimmed anyway
+        wav = vae_out[0, 0].float().cpu().numpy()
+        wav = match_loudness(wav, ref.loudness)
+        return SegmentOutput(wav, mel2ph, dit_out, vae_in, vae_out)
+
+    @torch.inference_mode()
+    def segment_pieces(self, ref: ReferencePrompt, ph: torch.Tensor, tone: torch.Tensor, *, is_first: bool,
+                       is_final: bool, level_seconds: float = LEVEL_SECONDS, chunk_frames: int = STREAM_CHUNK_FRAMES,
+                       **params) -> Iterator[np.ndarray]:
+        """One segment's audio in pieces as WaveVAE decodes them, for streams: the first leaves after about
+        `level_seconds` of audio instead of after the whole segment.
+
+        The loudness match needs a level before the rest exists, so the gain (and the peak guard) is set from that
+        first piece and kept for the whole segment: the pieces are the non-streamed segment times one constant
+        (BS.1770 loudness of the opening second against that of the segment, typically within a dB or two); a
+        later sample that would pass full scale is clipped.
+        """
+        _mel2ph, _dit_out, vae_in = self._latents(ref, ph, tone, is_first=is_first, is_final=is_final, **params)
+        first = max(1, round(level_seconds * SAMPLE_RATE / HOP))
+        gain = None
+        for piece in self.m.wavvae.decode_chunks(vae_in, ref.latent.shape[1], first=first, chunk=chunk_frames):
+            wav = piece[0, 0].float().cpu().numpy()
+            if gain is None:
+                matched = match_loudness(wav, ref.loudness)
+                peak = float(np.abs(wav).max()) if wav.size else 0.0
+                gain = float(np.abs(matched).max()) / peak if peak > 0 else 1.0
+                yield matched
+            else:
+                yield np.clip(wav * gain, -1.0, 1.0)
+
+    def _latents(self, ref: ReferencePrompt, ph: torch.Tensor, tone: torch.Tensor, *, is_first: bool,
+                 is_final: bool, time_step: int = 32, p_w: float = 1.6, t_w: float = 2.5, dur_disturb: float = 0.1,
+                 dur_alpha: float = 1.0, noise: NoiseFn | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Durations and DiT sampling: (mel2ph, DiT output, WaveVAE input with the prompt latent restored)."""
         raw = self.m.duration.predict(ref.duration, ph, tone)
         dur = postprocess(raw, ph, is_first=is_first, is_final=is_final, dur_disturb=dur_disturb,
                           dur_alpha=dur_alpha, code_size=self.m.duration.cfg.code_size,
@@ -190,12 +231,8 @@ class MegaTTS3Pipeline:
                              self.m.frames_multiple, self.m.vae_stride)
         dit_out = self.m.dit.sample(inp, steps=time_step, p_w=p_w, t_w=t_w, noise=noise, generator=generator)
         vae_in = dit_out.clone()
-        n_ctx = ref.latent.shape[1]
-        vae_in[:, :n_ctx] = ref.latent
-        vae_out = self.m.wavvae.decode_range(vae_in, n_ctx)  # the prompt region is not decoded (trimmed anyway)
-        wav = vae_out[0, 0].float().cpu().numpy()
-        wav = match_loudness(wav, ref.loudness)
-        return SegmentOutput(wav, mel2ph, dit_out, vae_in, vae_out)
+        vae_in[:, : ref.latent.shape[1]] = ref.latent
+        return mel2ph, dit_out, vae_in
 
     def synthesize(self, ref: ReferencePrompt, segments: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    on_segment: Callable[[int, SegmentOutput], None] | None = None, **params) -> np.ndarray:
