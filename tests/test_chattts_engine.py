@@ -150,3 +150,24 @@ async def test_auto_engine_builds_chattts(checkpoint: Path) -> None:
         assert (await eng.speak_async("你好", **FAST)).size
     finally:
         await eng.shutdown()
+
+
+async def test_bf16_engine_decodes_in_bf16_close_to_float32(checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 kernels")
+    eng = AsyncChatTTSEngine(checkpoint, dtype="bfloat16", speakers_dir=tmp_path / "speakers")
+    try:
+        runtime = eng.runtime
+        assert runtime.decode_bf16
+        frames = torch.randn(40, runtime.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.5
+        fast = await runtime.decode(frames, True)
+        runtime.decode_bf16 = False
+        exact = await runtime.decode(frames, True)
+    finally:
+        await eng.shutdown()
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    assert not np.array_equal(fast, exact)  # the bf16 path really ran
+    snr = 10 * np.log10(np.sum(exact.astype(np.float64) ** 2) / np.sum((fast - exact).astype(np.float64) ** 2))
+    assert snr > 25, f"bf16 decode is {snr:.1f} dB from float32"

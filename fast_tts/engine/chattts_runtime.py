@@ -70,6 +70,13 @@ class ChatTTSRuntime:
         text_lm.transformer = models.gpt.transformer.sharing_weights()  # same weights, a cache of its own
         options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile}
         self.code_gen = create_backend(backend, models.code_lm, max_batch=max_batch, max_seq=max_seq, **options)
+        # bf16 generation decodes in bf16 too where the CPU has bf16 kernels (1.7x faster, about 36 dB SNR against
+        # float32 decoding); float32 keeps the reference's numbers
+        self.decode_bf16 = (
+            getattr(self.code_gen, "dtype", None) == torch.bfloat16
+            and torch.device(device).type == "cpu"
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
         self.text_gen = create_backend(backend, text_lm, max_batch=refine_batch, max_seq=refine_max_seq, **options)
         self.decoder = DecodeBatcher(self._decode_batch, max_batch=decode_batch, wait_s=decode_wait_s, name="chattts")
         self._streams: set[GenerationStream] = set()
@@ -129,7 +136,9 @@ class ChatTTSRuntime:
     # ----- decoding --------------------------------------------------------------------------------------------
 
     def _decode_batch(self, use_decoder: bool, rows: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        return [w.numpy() for w in decode_rows(self.models, list(rows), use_decoder)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decode_bf16):
+            wavs = decode_rows(self.models, list(rows), use_decoder)
+        return [w.float().numpy() for w in wavs]
 
     async def decode(self, frames: torch.Tensor, use_decoder: bool) -> np.ndarray:
         """float32 wav of one row of frames: hiddens (T, H) with the Decoder, codes (T, 4) with the DVAE."""
