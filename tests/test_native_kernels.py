@@ -31,7 +31,9 @@ def _reference(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
 
 @needs_kernel
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 64])
-@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(32, 2, False), (96, 64, True), (2304, 768, True)])
+@pytest.mark.parametrize(
+    ("out_features", "in_features", "bias"), [(32, 2, False), (96, 64, True), (2304, 768, True), (45, 16, True)]
+)
 def test_tiled_linear_matches_float_product(rows: int, out_features: int, in_features: int, bias: bool) -> None:
     torch.manual_seed(rows * 7 + in_features)
     lin = nn.Linear(in_features, out_features, bias=bias).to(torch.bfloat16)
@@ -60,14 +62,15 @@ def test_tiled_linear_takes_batched_and_strided_inputs() -> None:
 @needs_kernel
 def test_pack_linears_uses_the_kernel_where_the_layout_fits() -> None:
     model = Transformer(DecoderConfig(64, 128, 2, 4, 2)).to(torch.bfloat16)
-    model.extra = nn.Linear(64, 80).to(torch.bfloat16)  # 80 outputs do not fill 32-row tiles
-    x = torch.randn(2, 3, 64).to(torch.bfloat16)
-    expected = model.extra(x).float()
-    assert pack_linears(model) == 2 * 4 + 1
-    kinds = {type(m) for m in model.modules() if isinstance(m, (TiledBF16Linear, PackedLinear))}
-    assert kinds == {TiledBF16Linear, PackedLinear}
-    assert isinstance(model.extra, PackedLinear)
-    torch.testing.assert_close(model.extra(x).float(), expected, rtol=2e-2, atol=2e-2)
+    model.extra = nn.Linear(64, 80).to(torch.bfloat16)  # 80 outputs: the last tile is padded
+    model.odd = nn.Linear(63, 32).to(torch.bfloat16)  # an odd input width does not fit column pairs
+    x, x_odd = torch.randn(2, 3, 64).to(torch.bfloat16), torch.randn(5, 63).to(torch.bfloat16)
+    expected, expected_odd = _reference(x, model.extra), model.odd(x_odd).float()
+    assert pack_linears(model) == 2 * 4 + 2
+    assert isinstance(model.extra, TiledBF16Linear) and isinstance(model.odd, PackedLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(model.extra(x).float(), expected, rtol=2**-8, atol=1e-5)
+        torch.testing.assert_close(model.odd(x_odd).float(), expected_odd, rtol=2e-2, atol=2e-2)
 
 
 def test_switch_off_and_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

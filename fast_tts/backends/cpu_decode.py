@@ -53,7 +53,7 @@ class NativeDecoder:
         cfg = model.config
         fits = (
             lib is not None
-            and all(isinstance(m, TiledBF16Linear) for m in linears)
+            and all(isinstance(m, TiledBF16Linear) and m.padded_features == m.out_features for m in linears)
             and model.k_cache is not None
             and model.k_cache.dtype == torch.float32
             and model.k_cache.device.type == "cpu"

@@ -45,15 +45,20 @@ class TiledBF16Linear(nn.Module):
             raise ValueError("the native bf16 kernel is not available for this layer")
         self._lib = lib
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().to(torch.bfloat16).contiguous()
+        self.padded_features = -(-self.out_features // TILE) * TILE  # zero rows fill the last tile
+        weight = torch.zeros(self.padded_features, self.in_features, dtype=torch.bfloat16)
+        weight[: self.out_features] = linear.weight.detach()
         self.packed = torch.empty_like(weight)
-        lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.out_features, self.in_features)
-        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.padded_features, self.in_features)
+        self.bias = None
+        if linear.bias is not None:
+            self.bias = torch.zeros(self.padded_features)
+            self.bias[: self.out_features] = linear.bias.detach().float()
         self.float_out = float_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32 if self.float_out else torch.bfloat16)
+        out = torch.empty(rows.shape[0], self.padded_features, dtype=torch.float32 if self.float_out else torch.bfloat16)
         if rows.shape[0]:
             self._lib.fast_tts_matmul_bf16(
                 rows.data_ptr(),
@@ -61,17 +66,19 @@ class TiledBF16Linear(nn.Module):
                 None if self.bias is None else self.bias.data_ptr(),
                 out.data_ptr(),
                 rows.shape[0],
-                self.out_features,
+                self.padded_features,
                 self.in_features,
                 int(self.float_out),
                 torch.get_num_threads(),
             )
-        return out.view(*x.shape[:-1], self.out_features)
+        if self.padded_features != self.out_features:
+            out = out[:, : self.out_features]
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 def tiled_layout_fits(linear: nn.Linear) -> bool:
-    """The native layout needs out_features % 32 == 0 and an even in_features, on a CPU tensor."""
-    return linear.weight.device.type == "cpu" and linear.out_features % TILE == 0 and linear.in_features % 2 == 0
+    """The native layout needs an even in_features, on a CPU tensor (outputs are padded to whole 32-row tiles)."""
+    return linear.weight.device.type == "cpu" and linear.in_features % 2 == 0
 
 
 def _matches_linear(make: type[nn.Module], dtype: torch.dtype) -> bool:
