@@ -131,6 +131,27 @@ def apply_top_k(logits: torch.Tensor, k_eff: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def apply_top_p_top_k_sparse(
+    logits: torch.Tensor, top_p: torch.Tensor, min_keep: torch.Tensor, k_eff: torch.Tensor
+) -> torch.Tensor:
+    """`apply_top_k(apply_top_p(...))` without sorting the vocabulary, for large vocabularies where every row has a
+    top-k: only the k largest logits can survive, and whether top-p drops one of them depends only on the probability
+    mass above it (1 - that mass is the ascending cumulative sum at it), which the k largest and a logsumexp give.
+    Same tokens up to float rounding at the nucleus edge; ties with the k-th logit past k are not kept."""
+    kmax = int(k_eff.max())
+    values, index = torch.topk(logits, kmax, dim=-1)  # descending
+    probs = (values - torch.logsumexp(logits, -1, keepdim=True)).exp()
+    at_or_below = 1 - (probs.cumsum(-1) - probs)  # ascending cumulative probability at each of the top tokens
+    rank = torch.arange(kmax, device=logits.device)
+    remove = (at_or_below <= (1 - top_p)[:, None, None]) & (rank >= min_keep[:, None, None])
+    remove |= rank >= k_eff[:, None, None]
+    kept = values.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter_(-1, index, kept)
+
+
+SPARSE_VOCAB = 4096  # from this vocabulary size up, top-p + top-k avoid sorting the vocabulary
+
+
 def sample_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Sample one token per (row, codebook) from softmax(logits) with uniforms (B, C) in [0, 1)."""
     probs = logits.softmax(-1).double()
@@ -246,10 +267,14 @@ class BatchSampler:
         x = apply_temperature(logits.float(), self.temperature[rows])
         if use_penalty:
             x = apply_repetition_penalty(x, self.counts[rows], self.penalty[rows])
-        if use_top_p:
-            x = apply_top_p(x, self.top_p[rows], self.min_keep[rows])
-        if use_top_k:
-            x = apply_top_k(x, self.k_eff[rows])
+        sparse = use_top_p and use_top_k and self.vocab_size >= SPARSE_VOCAB
+        if sparse and bool((self.k_eff[rows] < self.vocab_size).all()):
+            x = apply_top_p_top_k_sparse(x, self.top_p[rows], self.min_keep[rows], self.k_eff[rows])
+        else:
+            if use_top_p:
+                x = apply_top_p(x, self.top_p[rows], self.min_keep[rows])
+            if use_top_k:
+                x = apply_top_k(x, self.k_eff[rows])
         if use_min_new:
             block = self.stop_mask[rows] & (self.steps[rows] < self.min_new[rows])[:, None]
             x = x.masked_fill(block[:, None, :], float("-inf"))
@@ -262,14 +287,14 @@ class BatchSampler:
         n = x.shape[0]
         idx = torch.arange(start, start + n, device=self.device)
         u = self.uniforms[idx, self.cursor[rows]]
-        tokens = sample_inverse_cdf(x, u)
+        greedy = self.greedy[rows]
+        tokens = x.argmax(-1) if bool(greedy.all()) else sample_inverse_cdf(x, u)
         for r in range(start, start + n) if self._flags[4] else ():
             p = self._params[r]
             if p is not None and p.reseed_every_step:  # the reference's draw, row by row
                 gen = self._gens[r].manual_seed(p.seed)
                 probs = x[r - start].softmax(-1).cpu()
                 tokens[r - start] = torch.multinomial(probs, 1, generator=gen)[:, 0].to(self.device)
-        greedy = self.greedy[rows]
         tokens = torch.where(greedy, x.argmax(-1), tokens)
         self._advance(tokens, rows, idx)
         stopped = self.stop_mask[rows].gather(1, tokens).any(-1)

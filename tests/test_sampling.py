@@ -237,3 +237,37 @@ def test_reseed_every_step_reproduces_a_reseeded_multinomial() -> None:
     with pytest.raises(InvalidInputError) as err:
         SamplingParams(reseed_every_step=True)
     assert err.value.field == "seed"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_top_p_top_k_keeps_the_same_tokens_as_sorting(seed: int) -> None:
+    from fast_tts.sampling import apply_top_k, apply_top_p, apply_top_p_top_k_sparse
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 2, 6000, generator=gen) * (1 + seed)  # flat to peaked distributions
+    top_p = torch.tensor([0.95, 0.5, 0.999])
+    min_keep = torch.tensor([1, 3, 1])
+    k_eff = torch.tensor([50, 7, 400])
+    dense = apply_top_k(apply_top_p(logits, top_p, min_keep), k_eff)
+    sparse = apply_top_p_top_k_sparse(logits, top_p, min_keep, k_eff)
+    assert torch.equal(torch.isinf(dense), torch.isinf(sparse))
+    kept = ~torch.isinf(dense)
+    assert torch.equal(dense[kept], sparse[kept])
+
+
+def test_large_vocab_sampler_uses_the_sparse_path_with_the_same_draws() -> None:
+    vocab = 6000
+    params = SamplingParams(temperature=0.9, top_k=50, top_p=0.95, seed=11, max_new_tokens=8)
+    logits = torch.randn(1, 1, vocab, generator=torch.Generator().manual_seed(2)) * 3
+    draws = []
+    for sparse_from in (vocab, vocab + 1):  # at the threshold: sparse; above it: sorting
+        import fast_tts.sampling as sampling
+
+        old, sampling.SPARSE_VOCAB = sampling.SPARSE_VOCAB, sparse_from
+        try:
+            sampler = BatchSampler(1, 1, vocab, 16)
+            sampler.set_row(0, params)
+            draws.append([int(sampler.sample(logits, slice(0, 1))[0]) for _ in range(6)])
+        finally:
+            sampling.SPARSE_VOCAB = old
+    assert draws[0] == draws[1]
