@@ -125,12 +125,14 @@ def _random_decoder(cfg: DecoderConfig, seed: int) -> Transformer:
     [DecoderConfig(128, 256, 2, 4, 4), DecoderConfig(128, 320, 2, 4, 2, qkv_bias=True)],  # Llama; Qwen2-like GQA
     ids=["llama", "qwen2-gqa"],
 )
-def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig) -> None:
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 3: more threads than this machine's cores must still be right
+def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig, threads: int, monkeypatch) -> None:
     from fast_tts.backends.cpu_decode import NativeDecoder
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what the decoder asks for its thread count
     model = _random_decoder(cfg, seed=1)
     pack_linears(model)
-    model.setup_cache(5, 32, torch.float32)
+    model.setup_cache(5, 32, torch.bfloat16)
     batch, rows = 3, slice(1, 4)
     with torch.no_grad():
         model(torch.randn(batch, 9, cfg.hidden_size).to(torch.bfloat16), torch.arange(9).repeat(batch, 1), rows=rows)
@@ -146,8 +148,69 @@ def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig) -> None:
         got = decoder(x, positions, rows)
     # same rounding points as the torch code: equal up to float32 summation order, i.e. at most a bf16 step or two
     torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
-    torch.testing.assert_close(model.k_cache, want_cache[0], rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(model.k_cache.float(), want_cache[0].float(), rtol=2**-7, atol=2**-7)
     torch.testing.assert_close(model.v_cache, want_cache[1], rtol=0, atol=0)
+
+
+def _step_inputs(cfg: DecoderConfig, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 1, cfg.hidden_size, generator=g).to(torch.bfloat16)
+    return x, torch.randint(9, 20, (batch, 1), generator=g)
+
+
+@needs_kernel
+def test_native_steps_from_several_threads_at_once_match_steps_run_alone() -> None:
+    """Backends decode on their own threads; concurrent steps (two models) share the pool one step at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fast_tts.backends.cpu_decode import NativeDecoder
+
+    cfg = DecoderConfig(128, 256, 2, 4, 2)
+    decoders, inputs = [], []
+    for seed in range(4):
+        model = _random_decoder(cfg, seed=seed)
+        pack_linears(model)
+        model.setup_cache(3, 32, torch.bfloat16)
+        decoders.append(NativeDecoder.for_model(model))
+        inputs.append(_step_inputs(cfg, 3, seed))
+
+    def steps(i: int) -> list[torch.Tensor]:
+        x, pos = inputs[i]
+        return [decoders[i](x, pos + n, slice(0, 3)) for n in range(6)]
+
+    alone = [steps(i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(steps, range(4)))
+    for a, b in zip(alone, together):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+@needs_kernel
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_can_still_run_native_steps(monkeypatch) -> None:
+    """The pool's helper threads do not survive a fork; the child must start its own instead of waiting forever."""
+    import multiprocessing
+
+    from fast_tts.backends.cpu_decode import NativeDecoder
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch itself drops to 1 thread in a forked child
+
+    cfg = DecoderConfig(128, 256, 2, 4, 2)
+    model = _random_decoder(cfg, seed=7)
+    pack_linears(model)
+    model.setup_cache(2, 32, torch.bfloat16)
+    decoder = NativeDecoder.for_model(model)
+    x, pos = _step_inputs(cfg, 2, 7)
+    want = decoder(x, pos, slice(0, 2))  # the parent's helpers now exist
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=lambda: results.put(decoder(x, pos, slice(0, 2)).float().numpy()), daemon=True)
+    child.start()
+    got = results.get(timeout=30)  # a child waiting for helpers it does not have would hang here
+    child.join(timeout=10)
+    assert child.exitcode == 0
+    assert torch.equal(torch.from_numpy(got), want.float())
 
 
 @needs_kernel
@@ -160,9 +223,10 @@ def test_native_decoder_refuses_what_it_cannot_run() -> None:
     assert NativeDecoder.for_model(plain) is None
     tiled = _random_decoder(cfg, seed=2)
     pack_linears(tiled)
-    tiled.setup_cache(1, 8, torch.bfloat16)  # the kernels read a float32 cache
+    assert NativeDecoder.supports(tiled) and not NativeDecoder.supports(plain)
+    tiled.setup_cache(1, 8, torch.float32)  # the kernels read a bf16 cache
     assert NativeDecoder.for_model(tiled) is None
-    tiled.setup_cache(1, 8, torch.float32)
+    tiled.setup_cache(1, 8, torch.bfloat16)
     decoder = NativeDecoder.for_model(tiled)
     assert decoder is not None
     with pytest.raises(ValueError, match="past the KV cache"):

@@ -121,9 +121,11 @@ class TorchBackend:
         if pack_weights is None:  # torch.compile does its own weight packing (inductor freezing)
             pack_weights = self.device.type == "cpu" and not compile and packing_available(self.dtype)
         self.packed = pack_weights and pack_linears(self.model) > 0
-        # CPU SDPA is much slower on a bf16 cache than on a float32 one, so bf16 weights keep a float32 cache there.
+        # On CPU a bf16 cache (half the bytes each step reads) goes with the native decode kernels, and torch
+        # attention widens it to float32; without those kernels the cache is float32, where CPU SDPA is fastest.
         if kv_dtype is None:
-            kv_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+            native = not compile and NativeDecoder.supports(self.model)
+            kv_dtype = self.dtype if self.device.type != "cpu" or native else torch.float32
         self.kv_dtype = resolve_dtype(kv_dtype)
         self.model.setup_cache(max_batch, max_seq, self.kv_dtype)
         self.num_codebooks = adapter.num_codebooks

@@ -124,6 +124,8 @@ class Attention(nn.Module):
             v_cache[row_idx, :, positions] = v.transpose(1, 2).to(v_cache.dtype)
             k = k_cache[rows][:, :, :kv_len]
             v = v_cache[rows][:, :, :kv_len]
+            if k.dtype == torch.bfloat16 and k.device.type == "cpu":
+                k, v = k.float(), v.float()  # CPU SDPA is much faster in float32; the widening is exact
         # Attention runs in the cache's dtype: a float32 cache beside bf16 weights keeps CPU SDPA on its fast path.
         out = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seq, -1).to(x.dtype))

@@ -2,10 +2,10 @@
 
 Decode on CPU is bound by how fast the weights stream from memory; oneDNN's bf16 path reads them at about half the
 bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight sequentially with AVX-512 BF16 and reaches the
-read bandwidth; `decode_ops.c` does the small operations between a decode step's matmuls in a few calls. Nothing here is required: without a compiler, on another CPU, on another OS, or with
-`FAST_TTS_NATIVE=0`, `bf16_kernels()` returns None and callers keep the torch path. The build is cached under
-`$FAST_TTS_CACHE_DIR` (default `~/.cache/fast-tts`) by a hash of the source and flags, and written atomically so that
-concurrent processes can race safely.
+read bandwidth; `decode_ops.c` runs a whole decode step of a Llama/Qwen2 decoder in one call. Nothing here is
+required: without a compiler, on another CPU, on another OS, or with `FAST_TTS_NATIVE=0`, `bf16_kernels()` returns
+None and callers keep the torch path. The build is cached under `$FAST_TTS_CACHE_DIR` (default `~/.cache/fast-tts`)
+by a hash of the source and flags, and written atomically so that concurrent processes can race safely.
 """
 
 from __future__ import annotations
@@ -96,12 +96,30 @@ def bf16_kernels() -> ctypes.CDLL | None:
     signatures = {
         "fast_tts_pack_bf16": [ptr, ptr, i64, i64],
         "fast_tts_matmul_bf16": [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32],
-        "fast_tts_rms_norm_bf16": [ptr, ptr, ptr, i64, i64, f32],
-        "fast_tts_rope_store": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64],
-        "fast_tts_attend_decode": [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],
-        "fast_tts_silu_mul_bf16": [ptr, ptr, i64, i64],
+        "fast_tts_decode_step": [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, *[i64] * 7, f32, f32, i32],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
     return lib
+
+
+class Layer(ctypes.Structure):
+    """`fast_tts_layer` of decode_ops.c: one decoder layer's packed weights, float32 biases (or NULL), and cache."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in (
+            "input_norm", "post_norm", "qkv", "o", "gate_up", "down",
+            "qkv_bias", "o_bias", "gate_up_bias", "down_bias", "k_cache", "v_cache",
+        )
+    ]
+
+
+class StepBuffers(ctypes.Structure):
+    """`fast_tts_step_buffers` of decode_ops.c: the work buffers of one decode step."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("normed", "qkv", "attended", "projected", "gate_up", "activated", "q", "scores")
+    ]

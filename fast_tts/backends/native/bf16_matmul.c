@@ -61,13 +61,11 @@ static inline __attribute__((always_inline)) void tile_product(const uint16_t *x
     }
 }
 
-/* y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by fast_tts_pack_bf16.
- * y is bf16, or float32 when float_out is set (logits). */
-void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
-                          int64_t k, int float_out, int threads) {
-    int64_t tiles = n / TILE;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < tiles; t++) {
+/* Tiles first..last-1 of y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by
+ * fast_tts_pack_bf16. y is bf16, or float32 when float_out is set (logits). */
+void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
+                                int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; t++) {
         const uint16_t *tile = packed + t * TILE * k;
         const float *tile_bias = bias ? bias + t * TILE : NULL;
         for (int64_t row = 0; row < m; row += MAX_ROWS) {
@@ -88,4 +86,11 @@ void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float
             }
         }
     }
+}
+
+/* The whole product, its tiles shared out over `threads` OpenMP threads. */
+void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
+                          int64_t k, int float_out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < n / TILE; t++) fast_tts_matmul_tile_range(x, packed, bias, y, m, n, k, float_out, t, t + 1);
 }
