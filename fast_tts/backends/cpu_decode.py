@@ -3,7 +3,7 @@
 A decode step (one new position per row) of `models.transformer.Transformer` is, per layer, four matmuls and about
 fifty small torch operations whose dispatch cost about a third of a batch-1 step. `NativeDecoder` runs the same
 step as one call of the native library (`fast_tts_decode_step`): the tiled bf16 matmuls, the norms, rotary embedding
-and cache write, attention over the bf16 cache, and SwiGLU, inside one OpenMP parallel region, with buffers reused
+and cache write, attention over the bf16 cache, and SwiGLU, on the library's own thread pool, with buffers reused
 across steps. It rounds to bf16 where the torch code does, so the two agree to bf16 rounding
 (tests/test_native_kernels.py). Prefill and every other configuration keep the torch path.
 """

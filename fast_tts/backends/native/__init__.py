@@ -23,9 +23,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("bf16_matmul.c", "decode_ops.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("pool.c", "bf16_matmul.c", "decode_ops.c")]
 MAX_HEAD_DIM = 256  # decode_ops.c keeps one head's accumulator on the stack
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-pthread", "-shared", "-fPIC"]
 REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
 
 
@@ -84,9 +84,6 @@ def bf16_kernels() -> ctypes.CDLL | None:
     try:
         if not target.exists():
             _compile(compiler, target)
-        # torch loads its own libgomp.so.1 first; the library binds to that one, so both share one thread pool
-        import torch  # noqa: F401
-
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)

@@ -6,7 +6,7 @@
  * of the tile, then the same for the second half (128 bytes). A tile's two 512-bit loads per column pair feed one
  * `vdpbf16ps` per activation row, which accumulates in float32 lanes that are already the outputs, so nothing
  * needs a horizontal sum. Up to 8 activation rows share each weight load; more rows take further passes over a
- * tile that is by then in cache. Tiles are shared out over OpenMP threads.
+ * tile that is by then in cache. Tiles are shared out over the threads of pool.c.
  *
  * Built at run time by fast_tts/backends/native/__init__.py and called through ctypes.
  */
@@ -88,9 +88,27 @@ void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const
     }
 }
 
-/* The whole product, its tiles shared out over `threads` OpenMP threads. */
+typedef void (*job_fn)(void *arg, int thread, int threads);
+void fast_tts_run_parallel(job_fn fn, void *arg, int threads); /* pool.c */
+
+typedef struct {
+    const uint16_t *x, *packed;
+    const float *bias;
+    void *y;
+    int64_t m, n, k;
+    int float_out;
+} matmul_job;
+
+static void matmul_thread(void *arg, int id, int threads) {
+    const matmul_job *job = arg;
+    int64_t tiles = job->n / TILE;
+    fast_tts_matmul_tile_range(job->x, job->packed, job->bias, job->y, job->m, job->n, job->k, job->float_out,
+                               tiles * id / threads, tiles * (id + 1) / threads);
+}
+
+/* The whole product, its tiles shared out over `threads` pool threads. */
 void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < n / TILE; t++) fast_tts_matmul_tile_range(x, packed, bias, y, m, n, k, float_out, t, t + 1);
+    matmul_job job = {x, packed, bias, y, m, n, k, float_out};
+    fast_tts_run_parallel(matmul_thread, &job, threads);
 }

@@ -14,8 +14,6 @@
  */
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -186,103 +184,10 @@ static void add_bf16(uint16_t *hidden, const uint16_t *delta, int64_t n) {
 void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
 
-/* ---- a small thread pool for decode steps ----------------------------------------------------------------------
- * OpenMP is the wrong tool here: a backend's decode loop runs on its own thread, and as soon as a second thread
- * (the one that loaded the model) owns an OpenMP team, libgomp counts more threads than cores and stops spinning at
- * barriers, so each of the step's ~200 barriers became a sleep and a wake-up (measured: 2 threads 1.5-2x slower
- * than 1). The pool's helpers spin at barriers only while a step runs (yielding if they wait long, in case a core
- * is taken), spin briefly between steps, then sleep on a condition variable. One step runs at a time. */
-
-#define MAX_THREADS 64
-#define IDLE_SPINS 4000    /* pauses a helper waits for the next step before it sleeps (tens of microseconds) */
-#define BARRIER_SPINS 4000 /* pauses at a barrier before yielding the core */
-
+/* Defined in pool.c: run fn(arg, i, threads) for i = 0..threads-1 on the pool, i = 0 on the caller. */
 typedef void (*job_fn)(void *arg, int thread, int threads);
-
-/* One round of waiting for another thread: a pause, or once `spins` reaches BARRIER_SPINS, giving up the core. */
-static inline void wait_a_little(int *spins) {
-    if (*spins < BARRIER_SPINS) {
-        ++*spins;
-        _mm_pause();
-    } else {
-        sched_yield();
-    }
-}
-
-static struct {
-    pthread_mutex_t job_lock; /* one job at a time, whichever thread posts it */
-    pthread_mutex_t lock;     /* guards sleeping helpers against lost wake-ups */
-    pthread_cond_t wake;
-    int helpers;              /* helper threads running (thread ids 1..helpers) */
-    atomic_ulong generation;  /* bumped for each job */
-    atomic_int finished;      /* helpers done with the current job */
-    job_fn fn;
-    void *arg;
-    int threads;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL, NULL, 0};
-
-/* `start` packs the helper's id (low 8 bits) and the generation current when it was created: it must take part in
- * every later job, including one posted before it got to run. */
-static void *helper_main(void *start) {
-    int id = (int)((uintptr_t)start & 0xff);
-    unsigned long seen = (unsigned long)((uintptr_t)start >> 8);
-    for (;;) {
-        for (int spins = 0; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen;) {
-            if (spins++ < IDLE_SPINS) {
-                _mm_pause();
-                continue;
-            }
-            pthread_mutex_lock(&pool.lock);
-            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-            pthread_mutex_unlock(&pool.lock);
-        }
-        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
-        if (id < pool.threads) pool.fn(pool.arg, id, pool.threads);
-        atomic_fetch_add_explicit(&pool.finished, 1, memory_order_release);
-    }
-    return NULL;
-}
-
-static void forget_helpers_after_fork(void) { /* a forked child has none of the parent's threads */
-    pthread_mutex_init(&pool.job_lock, NULL);
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_cond_init(&pool.wake, NULL);
-    pool.helpers = 0;
-}
-
-static void install_fork_handler(void) { pthread_atfork(NULL, NULL, forget_helpers_after_fork); }
-
-/* Run fn(arg, i, threads) for i = 0..threads-1, i = 0 on the calling thread; returns when all are done. */
-static void run_parallel(job_fn fn, void *arg, int threads) {
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads <= 1) {
-        fn(arg, 0, 1);
-        return;
-    }
-    pthread_mutex_lock(&pool.job_lock);
-    static pthread_once_t fork_handler = PTHREAD_ONCE_INIT;
-    pthread_once(&fork_handler, install_fork_handler);
-    while (pool.helpers < threads - 1) {
-        pthread_t thread;
-        uintptr_t start = ((uintptr_t)atomic_load(&pool.generation) << 8) | (uintptr_t)(pool.helpers + 1);
-        if (pthread_create(&thread, NULL, helper_main, (void *)start) != 0) break;
-        pthread_detach(thread);
-        pool.helpers++;
-    }
-    if (threads > pool.helpers + 1) threads = pool.helpers + 1; /* could not start them all */
-    pool.fn = fn;
-    pool.arg = arg;
-    pool.threads = threads;
-    atomic_store(&pool.finished, 0);
-    pthread_mutex_lock(&pool.lock);
-    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.lock);
-    fn(arg, 0, threads);
-    for (int spins = 0; atomic_load_explicit(&pool.finished, memory_order_acquire) < pool.helpers;)
-        wait_a_little(&spins);
-    pthread_mutex_unlock(&pool.job_lock);
-}
+void fast_tts_run_parallel(job_fn fn, void *arg, int threads);
+void fast_tts_wait_a_little(int *spins);
 
 typedef struct {
     atomic_int arrived, phase;
@@ -298,7 +203,7 @@ static void barrier_wait(step_barrier *b, int threads, int *phase) {
         atomic_store_explicit(&b->phase, mine + 1, memory_order_release);
         return;
     }
-    for (int spins = 0; atomic_load_explicit(&b->phase, memory_order_acquire) == mine;) wait_a_little(&spins);
+    for (int spins = 0; atomic_load_explicit(&b->phase, memory_order_acquire) == mine;) fast_tts_wait_a_little(&spins);
 }
 
 /* [first, last) of n items for thread `id` of `threads`. */
@@ -399,5 +304,5 @@ void fast_tts_decode_step(const fast_tts_layer *layers, int64_t n_layers, const 
                           int64_t head_dim, int64_t max_seq, float eps, float scale, int threads) {
     step_job job = {layers, n_layers, final_norm, hidden, out, cos, sin, rows, positions, buf, batch, hidden_size,
                     inner, heads, kv_heads, head_dim, max_seq, eps, scale, {0, 0}};
-    run_parallel(step_thread, &job, threads);
+    fast_tts_run_parallel(step_thread, &job, threads);
 }
