@@ -261,12 +261,17 @@ class BatchSampler:
             any(p.reseed_every_step for p in live),
         )
 
-    def process(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        """Apply the processors to logits (B, C, V) of cache rows `rows`, in ChatTTS order."""
+    def process(self, logits: torch.Tensor, rows: slice, argmax_only: bool = False) -> torch.Tensor:
+        """Apply the processors to logits (B, C, V) of cache rows `rows`, in ChatTTS order.
+
+        `argmax_only`: the caller only takes the argmax (every row greedy), so the processors that cannot move it
+        (temperature, top-p, top-k: they keep the largest logit) are skipped."""
         use_penalty, use_top_p, use_top_k, use_min_new, _ = self._flags
-        x = apply_temperature(logits.float(), self.temperature[rows])
+        x = logits.float() if argmax_only else apply_temperature(logits.float(), self.temperature[rows])
         if use_penalty:
             x = apply_repetition_penalty(x, self.counts[rows], self.penalty[rows])
+        if argmax_only:
+            use_top_p = use_top_k = False
         sparse = use_top_p and use_top_k and self.vocab_size >= SPARSE_VOCAB
         if sparse and bool((self.k_eff[rows] < self.vocab_size).all()):
             x = apply_top_p_top_k_sparse(x, self.top_p[rows], self.min_keep[rows], self.k_eff[rows])
@@ -282,13 +287,18 @@ class BatchSampler:
 
     def sample(self, logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample tokens (B, C) for `rows` and record them; returns (tokens, stopped (B,) bool)."""
-        x = self.process(logits, rows)
+        greedy = self.greedy[rows]
+        all_greedy = bool(greedy.all())
+        x = self.process(logits, rows, argmax_only=all_greedy)
         start = rows.start or 0
         n = x.shape[0]
         idx = torch.arange(start, start + n, device=self.device)
+        if all_greedy:
+            tokens = x.argmax(-1)
+            self._advance(tokens, rows, idx)
+            return tokens, self.stop_mask[rows].gather(1, tokens).any(-1)
         u = self.uniforms[idx, self.cursor[rows]]
-        greedy = self.greedy[rows]
-        tokens = x.argmax(-1) if bool(greedy.all()) else sample_inverse_cdf(x, u)
+        tokens = sample_inverse_cdf(x, u)
         for r in range(start, start + n) if self._flags[4] else ():
             p = self._params[r]
             if p is not None and p.reseed_every_step:  # the reference's draw, row by row
