@@ -202,6 +202,24 @@ def test_per_codebook_temperature_and_greedy() -> None:
     assert tokens[:, 1].unique().numel() > 3
 
 
+def test_all_greedy_rows_take_the_argmax_of_the_fully_processed_logits() -> None:
+    """The all-greedy fast path skips temperature/top-p/top-k but must keep what can move the argmax (penalty)."""
+    vocab, steps = 40, 12
+    params = SamplingParams(temperature=0.0, top_k=5, top_p=0.5, repetition_penalty=3.0, repetition_window=4)
+    fast, full = BatchSampler(3, 2, vocab, 32), BatchSampler(3, 2, vocab, 32)
+    for r in range(3):
+        fast.set_row(r, params)
+        full.set_row(r, params)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        logits = torch.randn(3, 2, vocab, generator=g) * 0.3 + torch.linspace(0, 1, vocab)  # favours repeats
+        want = full.process(logits, slice(0, 3)).argmax(-1)
+        full._advance(want, slice(0, 3), torch.arange(3))
+        tokens, _ = fast.sample(logits, slice(0, 3))
+        assert torch.equal(tokens, want)
+    assert torch.unique(want).numel() > 1  # the penalty did move the argmax
+
+
 def test_stop_on_any_codebook_and_min_new_tokens() -> None:
     vocab = 10
     sampler = BatchSampler(2, 2, vocab, 16)
