@@ -31,7 +31,10 @@ class NativeDecoder:
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.final_norm = model.norm.weight.detach().contiguous()
         self._norms = [
-            (layer.input_layernorm.weight.detach().contiguous(), layer.post_attention_layernorm.weight.detach().contiguous())
+            (
+                layer.input_layernorm.weight.detach().contiguous(),
+                layer.post_attention_layernorm.weight.detach().contiguous(),
+            )
             for layer in model.layers
         ]
         self._layers: ctypes.Array | None = None  # built for the current cache (setup_cache may reallocate it)

@@ -132,6 +132,19 @@ class Aligner(nn.Module):
         """Teacher-forced logits (B, K, vocab) over a whole token prefix."""
         return self.decoder(tokens, self.decoder.cross_kv(audio))
 
+    def pack_decoder_for_cpu(self) -> bool:
+        """Swap the decoder's linears for oneDNN-prepacked ones when it runs on CPU: one-token steps are
+        matrix-vector products, which the prepacked layout runs about 1.6x faster with 2 threads. Call after the
+        weights are loaded; returns whether it packed."""
+        from fast_tts.backends.cpu_linear import pack_linears, packing_available
+
+        head = self.decoder.out_proj
+        if not isinstance(head, nn.Linear) or head.weight.device.type != "cpu":
+            return False  # packed already, or not on a CPU
+        if not packing_available(head.weight.dtype):
+            return False
+        return pack_linears(self.decoder) > 0
+
     @torch.inference_mode()
     def greedy(self, mel: torch.Tensor, max_steps: int = MAX_STEPS, stop_at_eos: bool = True) -> torch.Tensor:
         """Greedy alignment stream (1, K) from BOS 798, stopping after EOS 799 or `max_steps` new tokens."""

@@ -181,4 +181,5 @@ def load_megatts3(root: str | os.PathLike, *, load_g2p: bool = True, device: str
     for m in (dit, duration, aligner, wavvae) + ((g2p,) if g2p is not None else ()):
         m.to(device=device, dtype=dtype).eval()
         m.requires_grad_(False)
+    aligner.pack_decoder_for_cpu()
     return models
