@@ -5,7 +5,8 @@ G2P, Qwen2.5-0.5B shape, 120 greedy tokens [14.8 s]; aligner, 200 greedy steps [
 DiT at `--steps` over prompt+target latents [76 s at 32 steps, 9.4 s at 4, for 336 latents = 13.4 s];
 WaveVAE [51 s for the same 336 latents; we decode only the target plus 16 frames of context].
 
-    python benchmarks/megatts3.py --threads 2 --steps 32 8 [--ckpt DIR] [--prompt-seconds 7 --target-seconds 6.4]
+    python benchmarks/megatts3.py --threads 2 --steps 32 8 [--dtype float32 bfloat16] [--ckpt DIR]
+        [--prompt-seconds 7 --target-seconds 6.4]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fast_tts.models.megatts3.dit import DiTInputs
 from fast_tts.models.megatts3.g2p import G2P
 from fast_tts.models.megatts3.loader import load_megatts3
-from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline
+from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline, bf16_autocast
 from fast_tts.models.transformer import DecoderConfig
 
 REFERENCE = {"g2p": 14.8, "aligner": 11.5, "duration": 0.3, "dit@32": 76.0, "dit@4": 9.4, "wavvae": 51.0}
@@ -99,6 +100,8 @@ def main() -> None:
     ap.add_argument("--prompt-seconds", type=float, default=7.0)
     ap.add_argument("--target-seconds", type=float, default=6.4)
     ap.add_argument("--skip-g2p", action="store_true")
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                    help="DiT/WaveVAE precision: float32, and/or bf16 autocast (the engine's torch_dtype='bfloat16')")
     ap.add_argument("--baseline", action="store_true",
                     help="also time the reference's way on this machine: aligner recomputing the prefix (and the "
                          "cross-attention K/V) every step, WaveVAE decoding prompt+target")
@@ -161,15 +164,18 @@ def main() -> None:
 
     inp: DiTInputs = prepare_inputs(ref.mel2ph, mel2ph_pred, ref.ph, ref.tone, ph, tone, ref.latent)
     audio_s = n_tgt / 25
-    e2e = {}
-    for steps in args.steps:
-        x, t_dit = timed(models.dit.sample, inp, steps)
-        ref_dit = REFERENCE["dit@32"] * steps / 32
-        rows.append((f"DiT, {steps} steps, {total} latents", t_dit, ref_dit))
-        e2e[steps] = t_dit
-    with torch.inference_mode():
-        _, t_vae = timed(models.wavvae.decode_range, x, n_ref)
-    rows.append((f"WaveVAE, target {n_tgt} latents (+16 context)", t_vae, REFERENCE["wavvae"] * total / 336))
+    dit_s, vae_s = {}, {}
+    for dtype in args.dtype:
+        autocast = bf16_autocast(torch.device("cpu"), dtype == "bfloat16")
+        for steps in args.steps:
+            with torch.inference_mode(), autocast:
+                x, dit_s[dtype, steps] = timed(models.dit.sample, inp, steps)
+            ref_dit = REFERENCE["dit@32"] * steps / 32
+            rows.append((f"DiT, {steps} steps, {total} latents, {dtype}", dit_s[dtype, steps], ref_dit))
+        with torch.inference_mode(), autocast:
+            _, vae_s[dtype] = timed(models.wavvae.decode_range, x.float(), n_ref)
+        rows.append((f"WaveVAE, target {n_tgt} latents (+16 context), {dtype}", vae_s[dtype],
+                     REFERENCE["wavvae"] * total / 336))
     if args.baseline:
         with torch.inference_mode():
             _, t_vae_ref = timed(models.wavvae, x)
@@ -182,13 +188,12 @@ def main() -> None:
         sp = f"{theirs / ours:7.1f}x" if theirs else f"{'-':>8s}"
         print(f"{name:55s} {ours:8.2f} {ref_txt} {sp}")
     t_g2p = min((r[1] for r in rows if r[0].startswith("G2P")), default=0.0)
-    fixed = t_pre + t_al + t_dur + t_vae + t_g2p  # conservative: both aligner runs
-    for steps, t_dit in e2e.items():
-        ours = fixed + t_dit
+    for (dtype, steps), t_dit in dit_s.items():
+        ours = t_pre + t_al + t_dur + t_g2p + vae_s[dtype] + t_dit  # conservative: both aligner runs
         theirs = REFERENCE["aligner"] + REFERENCE["g2p"] + REFERENCE["duration"] + REFERENCE["wavvae"] * total / 336 \
             + REFERENCE["dit@32"] * steps / 32 * total / 336
-        print(f"end to end at {steps} steps: {ours:.1f} s for {audio_s:.1f} s of audio, RTF {ours / audio_s:.2f} "
-              f"(reference ~{theirs:.0f} s, {theirs / ours:.1f}x)")
+        print(f"end to end at {steps} steps, DiT/WaveVAE {dtype}: {ours:.1f} s for {audio_s:.1f} s of audio, "
+              f"RTF {ours / audio_s:.2f} (reference ~{theirs:.0f} s, {theirs / ours:.1f}x)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

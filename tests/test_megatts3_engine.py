@@ -40,6 +40,7 @@ async def engine(mega_root):  # noqa: F811
 
 
 async def test_reference_errors(engine, tmp_path) -> None:
+    assert not engine.pipeline.bf16  # torch_dtype="auto" keeps the reference's float32
     wav, npy = _prompt(tmp_path)
     with pytest.raises(InvalidInputError, match="latent") as err:
         await engine.clone_voice_async("hello", wav, **FAST)
@@ -105,3 +106,20 @@ async def test_a_streamed_first_segment_leaves_in_pieces_at_one_gain(engine, tmp
     gain, worst = _fit_gain(streamed, whole)
     # the same samples times one constant (the level read from the first second): only int16 truncation differs
     assert 0.25 < gain < 4 and worst <= 2 + abs(gain) * 2
+
+
+async def test_torch_dtype_bfloat16_runs_dit_and_wavvae_in_bf16(mega_root, tmp_path) -> None:  # noqa: F811
+    from fast_tts.backends.torch_backend import bf16_supported
+    from fast_tts.engine.megatts3 import AsyncMega3Engine
+
+    with pytest.raises(InvalidInputError, match="torch_dtype") as err:
+        AsyncMega3Engine(tmp_path / "nothing-here", torch_dtype="float64")  # refused before any loading
+    assert err.value.field == "torch_dtype"
+    eng = AsyncMega3Engine(aligner_variant(mega_root, DEFAULT_ALIGNER_SEQ), torch_dtype="bfloat16")
+    try:
+        assert eng.pipeline.bf16 == bf16_supported("cpu")
+        wav, npy = _prompt(tmp_path)
+        out = await eng.clone_voice_async("Hello there.", (wav, npy), **FAST)
+        assert out.dtype == np.int16 and out.size > 24000 * 0.3 and int(np.abs(out).max()) > 0
+    finally:
+        await eng.shutdown()

@@ -16,6 +16,9 @@ from megatts3_fixtures import aligner_variant, cases, mega_root, tensors  # noqa
 from fast_tts.models.megatts3.loader import MegaTTS3Models, load_megatts3
 
 
+DIT_BF16_SNR_DB, WAVVAE_BF16_SNR_DB = 25.0, 20.0  # measured on fixtures c and d: 35.7 and 31.3 dB
+
+
 def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rel: bool = False) -> None:
     assert got.shape == want.shape, (got.shape, want.shape)
     tol = atol * torch.clamp(want.abs(), min=1.0) if rel else atol
@@ -99,6 +102,41 @@ def test_dit_fixture_c(mega_models) -> None:
     out = dit.sample(inp, steps=steps, p_w=c["p_w"], t_w=c["t_w"], noise=draw)
     assert not noise
     _close(out, d["sampler_out"], 2e-3)
+
+
+def _snr_db(got: torch.Tensor, want: torch.Tensor) -> float:
+    noise = float(((got.float() - want.float()) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * float(np.log10(float((want.float() ** 2).sum()) / noise))
+
+
+def test_bf16_dit_and_wavvae_stay_close_to_float32(mega_models) -> None:
+    """The opt-in bf16 path (engine torch_dtype="bfloat16") on fixtures c and d: near float32, yet really bf16."""
+    from fast_tts.backends.torch_backend import bf16_supported
+    from fast_tts.models.megatts3.dit import prepare_inputs
+    from fast_tts.models.megatts3.pipeline import bf16_autocast
+
+    if not bf16_supported("cpu"):
+        pytest.skip("no fast bf16 on this CPU: the engine keeps float32 here")
+    d, c, dit = tensors("c_dit"), cases()["cases"]["c_dit"], mega_models.dit
+    inp = prepare_inputs(d["in_mel2ph_ref"], d["in_mel2ph_pred"], d["in_ph_ref"], d["in_tone_ref"], d["in_ph_pred"],
+                         d["in_tone_pred"], d["in_vae_latent"])
+    steps = int(c["time_step"])
+
+    def sample(bf16: bool) -> torch.Tensor:
+        noise = [d["noise_x0"]] + [d[f"noise_step{i}"] for i in range(steps)]
+        with torch.inference_mode(), bf16_autocast(torch.device("cpu"), bf16):
+            return dit.sample(inp, steps=steps, p_w=c["p_w"], t_w=c["t_w"], noise=lambda shape: noise.pop(0))
+
+    full, half = sample(False), sample(True)
+    assert half.dtype == torch.float32 and not torch.equal(half, full)
+    assert _snr_db(half, full) > DIT_BF16_SNR_DB
+    latent, vae = tensors("d_wavvae")["latent"], mega_models.wavvae
+    with torch.inference_mode():
+        wav = vae.decode_range(latent, 0)
+        with bf16_autocast(torch.device("cpu")):
+            wav_bf16 = vae.decode_range(latent, 0).float()
+    assert not torch.equal(wav_bf16, wav)
+    assert _snr_db(wav_bf16, wav) > WAVVAE_BF16_SNR_DB
 
 
 def test_wavvae_fixture_d(mega_models) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fast_tts.backends.torch_backend import bf16_supported
 from fast_tts.engine.base import AsyncEngine, Voice
 from fast_tts.engine.streaming import SegmentJoiner
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
@@ -34,7 +36,10 @@ from fast_tts.models.megatts3.pipeline import (
     to_int16,
 )
 
+log = logging.getLogger(__name__)
+
 IGNORED = ("pitch", "speed")
+TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")  # float16 runs as float32 on CPU, like "auto"
 
 
 def _read_latent(source: Any) -> np.ndarray:
@@ -81,10 +86,18 @@ class AsyncMega3Engine(AsyncEngine):
                  tokenizer_device: str = "auto", backend: str = "torch", llm_attn_implementation: str | None = None,
                  torch_dtype: str = "auto", llm_gpu_memory_utilization: float = 0.6, batch_size: int = 1,
                  llm_batch_size: int = 8, wait_timeout: float = 0.01, seed: int = 0, **engine_options: Any) -> None:
+        if torch_dtype not in TORCH_DTYPES:
+            raise InvalidInputError(f"torch_dtype must be one of {', '.join(TORCH_DTYPES)}; got {torch_dtype!r}",
+                                    field="torch_dtype")
         super().__init__(**engine_options)
         device = _device(tokenizer_device)
         self.models = load_megatts3(model_path, device=device)
-        self.pipeline = MegaTTS3Pipeline(self.models)
+        # "bfloat16" also runs the DiT and WaveVAE under bf16 autocast where bf16 is fast; "auto" keeps float32,
+        # the reference's numbers
+        bf16 = torch_dtype == "bfloat16" and bf16_supported(device)
+        if torch_dtype == "bfloat16" and not bf16:
+            log.warning("torch_dtype='bfloat16': no fast bf16 on %s, so the DiT and WaveVAE run in float32", device)
+        self.pipeline = MegaTTS3Pipeline(self.models, bf16=bf16)
         self.seed = int(seed)
         self.backend_name = backend
         self._backend_options = {"max_batch": max(1, int(llm_batch_size)), "max_seq": min(int(max_length), 4096),
