@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import pytest_asyncio
+import torch
 from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ
 from megatts3_fixtures import aligner_variant, mega_root  # noqa: F401  (mega_root: fixture)
 
@@ -64,6 +65,10 @@ async def test_clone_speaker_and_stream(engine, tmp_path) -> None:
     with pytest.warns(UserWarning, match="pitch"):
         cloned = await engine.clone_voice_async("Hello there.", (wav, npy), pitch="high", **FAST)
     assert cloned.dtype == np.int16 and cloned.size > 24000 * 0.3 and int(np.abs(cloned).max()) > 0
+    from fast_tts.backends.torch_backend import bf16_supported
+
+    # torch_dtype="auto": the G2P LM in bf16 where bf16 is fast (the DiT and WaveVAE stay float32)
+    assert engine._backend.dtype == (torch.bfloat16 if bf16_supported("cpu") else torch.float32)
     await engine.add_speaker("alice", audio=(wav, npy))
     assert "alice" in engine.list_speakers()
     again = await engine.speak_async("Hello there.", "alice", **FAST)
