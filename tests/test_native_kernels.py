@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fast_tts.backends import native
-from fast_tts.backends.cpu_linear import PackedLinear, TiledBF16Linear, pack_linears
+from fast_tts.backends.cpu_linear import PackedLinear, TiledBF16Linear, TiledF32Linear, pack_linears
 from fast_tts.models.transformer import DecoderConfig, Transformer
 
 CAN_BUILD = native.cpu_supports_bf16_kernels() and (shutil.which("cc") or shutil.which("gcc")) is not None
@@ -47,6 +47,23 @@ def test_tiled_linear_matches_float_product(rows: int, out_features: int, in_fea
 
 
 @needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
+@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(32, 2, False), (45, 16, True), (2304, 768, True)])
+def test_tiled_float32_linear_matches_a_float64_product(rows: int, out_features: int, in_features: int,
+                                                        bias: bool) -> None:
+    torch.manual_seed(rows * 5 + in_features)
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(rows, in_features)
+    with torch.no_grad():
+        got = TiledF32Linear(lin)(x[None])[0]  # a 3-D input too
+        want = x.double() @ lin.weight.double().T + (0 if lin.bias is None else lin.bias.double())
+    assert got.dtype == torch.float32 and got.shape == (rows, out_features)
+    # float32 sums in another order than a float64 product: a few float32 ulps of the magnitudes summed
+    scale = x.abs().double() @ lin.weight.abs().double().T + 1
+    assert bool(((got.double() - want).abs() <= 1e-5 * scale).all())
+
+
+@needs_kernel
 def test_tiled_linear_takes_batched_and_strided_inputs() -> None:
     lin = nn.Linear(64, 96).to(torch.bfloat16)
     layer = TiledBF16Linear(lin)
@@ -66,8 +83,10 @@ def test_pack_linears_uses_the_kernel_where_the_layout_fits() -> None:
     model.odd = nn.Linear(63, 32).to(torch.bfloat16)  # an odd input width does not fit column pairs
     x, x_odd = torch.randn(2, 3, 64).to(torch.bfloat16), torch.randn(5, 63).to(torch.bfloat16)
     expected, expected_odd = _reference(x, model.extra), model.odd(x_odd).float()
-    assert pack_linears(model) == 2 * 4 + 2
+    model.float_head = nn.Linear(64, 40)  # float32 weights take the float32 kernel
+    assert pack_linears(model) == 2 * 4 + 3
     assert isinstance(model.extra, TiledBF16Linear) and isinstance(model.odd, PackedLinear)
+    assert isinstance(model.float_head, TiledF32Linear)
     with torch.no_grad():
         torch.testing.assert_close(model.extra(x).float(), expected, rtol=2**-8, atol=1e-5)
         torch.testing.assert_close(model.odd(x_odd).float(), expected_odd, rtol=2e-2, atol=2e-2)

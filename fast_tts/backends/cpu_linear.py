@@ -1,9 +1,9 @@
 """CPU linear layers with weights reordered once for decode-sized matmuls.
 
 Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast the weights stream from memory.
-- bf16 weights, on CPUs with AVX-512 BF16 and a C compiler: `TiledBF16Linear` runs our kernel
-  (`native/bf16_matmul.c`), which reads the weight at the memory read bandwidth at batch 1 to 8 (oneDNN's bf16 path
-  reaches about half of it) and also wins on prefill-sized batches.
+- on CPUs with AVX-512 BF16 and a C compiler: `TiledBF16Linear` (bf16 weights) and `TiledF32Linear` (float32) run
+  our kernels (`native/bf16_matmul.c`, `native/f32_matmul.c`), which read the weight at the memory read bandwidth
+  at batch 1 to 8 (oneDNN's prepacked paths reach about half of it);
 - otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback.
 The backend swaps each `nn.Linear` of the decoder once; each path is checked against `F.linear` on a probe first.
 """
@@ -17,6 +17,8 @@ from torch import nn
 from fast_tts.backends.native import bf16_kernels
 
 TILE = 32  # output rows per tile of the native layout
+# a few rows times a weight this small finish on one thread before the pool's helpers would have woken up
+SMALL_WEIGHT_BYTES = 4 << 20
 
 
 class PackedLinear(nn.Module):
@@ -32,48 +34,100 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-class TiledBF16Linear(nn.Module):
-    """Inference-only bf16 `nn.Linear` run by the native kernel over a weight repacked into 32-row tiles (CPU).
+class _TiledLinear(nn.Module):
+    """Inference-only `nn.Linear` run by a native kernel over a weight repacked into 32-row tiles (CPU); the last
+    tile is padded with zero rows, so any output width works."""
 
-    `float_out=True` returns the float32 sums unrounded (for logits).
-    """
+    dtype: torch.dtype
 
-    def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
+    def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         lib = bf16_kernels()
         if lib is None or not tiled_layout_fits(linear):
-            raise ValueError("the native bf16 kernel is not available for this layer")
+            raise ValueError("the native kernels are not available for this layer")
         self._lib = lib
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.padded_features = -(-self.out_features // TILE) * TILE  # zero rows fill the last tile
-        weight = torch.zeros(self.padded_features, self.in_features, dtype=torch.bfloat16)
+        self.padded_features = -(-self.out_features // TILE) * TILE
+        weight = torch.zeros(self.padded_features, self.in_features, dtype=self.dtype)
         weight[: self.out_features] = linear.weight.detach()
         self.packed = torch.empty_like(weight)
-        lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.padded_features, self.in_features)
+        self._pack(weight)
         self.bias = None
         if linear.bias is not None:
             self.bias = torch.zeros(self.padded_features)
             self.bias[: self.out_features] = linear.bias.detach().float()
-        self.float_out = float_out
+
+    def _pack(self, weight: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
+        raise NotImplementedError
+
+    def _out_dtype(self) -> torch.dtype:
+        return self.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        out = torch.empty(rows.shape[0], self.padded_features, dtype=torch.float32 if self.float_out else torch.bfloat16)
+        rows = x.reshape(-1, self.in_features).to(self.dtype).contiguous()
+        out = torch.empty(rows.shape[0], self.padded_features, dtype=self._out_dtype())
         if rows.shape[0]:
-            self._lib.fast_tts_matmul_bf16(
-                rows.data_ptr(),
-                self.packed.data_ptr(),
-                None if self.bias is None else self.bias.data_ptr(),
-                out.data_ptr(),
-                rows.shape[0],
-                self.padded_features,
-                self.in_features,
-                int(self.float_out),
-                torch.get_num_threads(),
-            )
+            small = rows.shape[0] <= 8 and self.packed.numel() * self.packed.element_size() <= SMALL_WEIGHT_BYTES
+            self._product(rows, out, 1 if small else torch.get_num_threads())
         if self.padded_features != self.out_features:
             out = out[:, : self.out_features]
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class TiledBF16Linear(_TiledLinear):
+    """bf16 `nn.Linear` on the AVX-512 BF16 kernel (`native/bf16_matmul.c`).
+
+    `float_out=True` returns the float32 sums unrounded (for logits).
+    """
+
+    dtype = torch.bfloat16
+
+    def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
+        self.float_out = float_out
+        super().__init__(linear)
+
+    def _pack(self, weight: torch.Tensor) -> None:
+        self._lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.padded_features, self.in_features)
+
+    def _out_dtype(self) -> torch.dtype:
+        return torch.float32 if self.float_out else torch.bfloat16
+
+    def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
+        self._lib.fast_tts_matmul_bf16(
+            rows.data_ptr(),
+            self.packed.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+            out.data_ptr(),
+            rows.shape[0],
+            self.padded_features,
+            self.in_features,
+            int(self.float_out),
+            threads,
+        )
+
+
+class TiledF32Linear(_TiledLinear):
+    """float32 `nn.Linear` on the AVX-512 kernel (`native/f32_matmul.c`): each output is a sequential float32 sum."""
+
+    dtype = torch.float32
+
+    def _pack(self, weight: torch.Tensor) -> None:
+        self._lib.fast_tts_pack_f32(weight.data_ptr(), self.packed.data_ptr(), self.padded_features, self.in_features)
+
+    def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
+        self._lib.fast_tts_matmul_f32(
+            rows.data_ptr(),
+            self.packed.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+            out.data_ptr(),
+            rows.shape[0],
+            self.padded_features,
+            self.in_features,
+            threads,
+        )
 
 
 def tiled_layout_fits(linear: nn.Linear) -> bool:
@@ -95,26 +149,33 @@ def _matches_linear(make: type[nn.Module], dtype: torch.dtype) -> bool:
     return got.shape == want.shape and bool(torch.allclose(got, want, rtol=tol, atol=tol))
 
 
+TILED = {torch.bfloat16: TiledBF16Linear, torch.float32: TiledF32Linear}
+
+
+def native_available(dtype: torch.dtype) -> bool:
+    """True when the native kernel for `dtype` (bf16 or float32) builds here and matches `F.linear` on a probe."""
+    return dtype in TILED and bf16_kernels() is not None and _matches_linear(TILED[dtype], dtype)
+
+
 def native_bf16_available() -> bool:
     """True when the native bf16 kernel builds here and matches `F.linear` on a probe."""
-    return bf16_kernels() is not None and _matches_linear(TiledBF16Linear, torch.bfloat16)
+    return native_available(torch.bfloat16)
 
 
 def packing_available(dtype: torch.dtype) -> bool:
     """True when some packed path exists here for `dtype` and matches `F.linear` on a probe."""
-    if dtype == torch.bfloat16 and native_bf16_available():
-        return True
-    return _matches_linear(PackedLinear, dtype)
+    return native_available(dtype) or _matches_linear(PackedLinear, dtype)
 
 
 def pack_linears(module: nn.Module) -> int:
     """Replace every `nn.Linear` under `module` by the fastest packed layer that fits, in place; returns how many."""
-    native = native_bf16_available()
+    native = {dtype: native_available(dtype) for dtype in TILED}
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                use_native = native and child.weight.dtype == torch.bfloat16 and tiled_layout_fits(child)
-                setattr(parent, name, TiledBF16Linear(child) if use_native else PackedLinear(child))
+                dtype = child.weight.dtype
+                use_native = native.get(dtype, False) and tiled_layout_fits(child)
+                setattr(parent, name, TILED[dtype](child) if use_native else PackedLinear(child))
                 swapped += 1
     return swapped

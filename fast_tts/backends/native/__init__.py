@@ -23,7 +23,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("pool.c", "bf16_matmul.c", "decode_ops.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("pool.c", "bf16_matmul.c", "f32_matmul.c", "decode_ops.c")]
 MAX_HEAD_DIM = 256  # decode_ops.c keeps one head's accumulator on the stack
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-pthread", "-shared", "-fPIC"]
 REQUIRED_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
@@ -93,6 +93,8 @@ def bf16_kernels() -> ctypes.CDLL | None:
     signatures = {
         "fast_tts_pack_bf16": [ptr, ptr, i64, i64],
         "fast_tts_matmul_bf16": [ptr, ptr, ptr, ptr, i64, i64, i64, i32, i32],
+        "fast_tts_pack_f32": [ptr, ptr, i64, i64],
+        "fast_tts_matmul_f32": [ptr, ptr, ptr, ptr, i64, i64, i64, i32],
         "fast_tts_decode_step": [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, *[i64] * 7, f32, f32, i32],
     }
     for name, argtypes in signatures.items():
