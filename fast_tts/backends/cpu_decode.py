@@ -117,7 +117,7 @@ class NativeDecoder:
         if int(positions.max()) >= model.max_seq:
             raise ValueError(f"position {int(positions.max())} is past the KV cache length {model.max_seq}")
         layers = self._layer_table()
-        tensors, buffers = self._buffers_for(batch)
+        _, buffers = self._buffers_for(batch)
         if isinstance(rows, slice):
             row_index = torch.arange(rows.start or 0, (rows.start or 0) + batch)
         else:

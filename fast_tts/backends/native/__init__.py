@@ -2,9 +2,9 @@
 
 Decode on CPU is bound by how fast the weights stream from memory; oneDNN's bf16 path reads them at about half the
 bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight sequentially with AVX-512 BF16 and reaches the
-read bandwidth; `decode_ops.c` runs a whole decode step of a Llama/Qwen2 decoder in one call. Nothing here is
-required: without a compiler, on another CPU, on another OS, or with `FAST_TTS_NATIVE=0`, `bf16_kernels()` returns
-None and callers keep the torch path. The build is cached under `$FAST_TTS_CACHE_DIR` (default `~/.cache/fast-tts`)
+read bandwidth (`f32_matmul.c` is its float32 twin); `decode_ops.c` runs a whole decode step of a Llama/Qwen2
+decoder in one call; `pool.c` is their thread pool. Nothing here is required: without a compiler, on another CPU,
+on another OS, or with `FAST_TTS_NATIVE=0`, `bf16_kernels()` returns None and callers keep the torch path. The build is cached under `$FAST_TTS_CACHE_DIR` (default `~/.cache/fast-tts`)
 by a hash of the source and flags, and written atomically so that concurrent processes can race safely.
 """
 
