@@ -146,6 +146,17 @@ def main() -> None:
         _, t_al_ref = timed(no_cache)
         rows.append(("  same machine, reference way (no KV cache)", t_al_ref, None))
 
+    from megatts3_checkpoint import encoder_rule_state
+
+    from fast_tts.models.megatts3.wavvae import WaveVAEEncoder, fold_weight_norm
+
+    encoder = WaveVAEEncoder().eval()
+    encoder.load_state_dict(fold_weight_norm(encoder_rule_state()))
+    with torch.inference_mode():
+        _, t_enc = timed(encoder, torch.from_numpy(frontend.pad_prompt(wav))[None])
+    rows.append((f"WaveVAE encoder (full checkpoints only), {n / 24000:.1f} s wav", t_enc, None))
+    del encoder
+
     if not args.skip_g2p:
         rows.append(("G2P, 120 tokens, Qwen2.5-0.5B shape (plain loop)", g2p_seconds(), REFERENCE["g2p"]))
         for dtype in ("float32", "bfloat16"):

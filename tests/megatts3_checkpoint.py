@@ -20,7 +20,7 @@ import yaml
 from fast_tts.models.megatts3.aligner import Aligner
 from fast_tts.models.megatts3.dit import DiT
 from fast_tts.models.megatts3.duration import DurationLM
-from fast_tts.models.megatts3.wavvae import WaveVAEDecoder
+from fast_tts.models.megatts3.wavvae import WaveVAEDecoder, WaveVAEEncoder
 
 DUR_CONFIG = {
     "dur_txt_hs": 512, "dur_model_hidden_size": 384, "dur_model_layers": 28, "dur_code_size": 256,
@@ -30,6 +30,7 @@ DUR_CONFIG = {
     "ling_labels": ["tone"], "ling_label_dict_size": [20], "use_pos_embed": False, "use_post_ln": False,
     "lm_bias": True, "use_spk_embed": False, "use_spk_id": False, "use_spk_enc": False, "max_tokens": 40000,
 }
+WAVVAE_CONFIG = {"melgan_config": {"frame_shift": 240, "use_tanh": True}, "vae_stride": 4, "hop_size": 240}
 DEFAULT_ALIGNER_SEQ = [798, 145, 812, 207, 832, 215, 846, 101, 864, 102, 880, 163, 904, 148, 920, 799]
 DEFAULT_G2P_CHAIN = [145, 101, 110, 131, 120, 163, 102, 148, 801]
 
@@ -44,6 +45,11 @@ def rule_tensor(key: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor
     return r / math.sqrt(math.prod(shape[1:]))
 
 
+def encoder_input(n_samples: int) -> torch.Tensor:
+    """The WaveVAE encoder oracle's input wav (1, n) by rule: 0.1 * randn with seed 12345."""
+    return 0.1 * torch.randn(1, n_samples, generator=torch.Generator().manual_seed(12345))
+
+
 def whisper_sinusoids(length: int = 3000, channels: int = 512) -> torch.Tensor:
     """Whisper's encoder position table."""
     inc = math.log(10000) / (channels // 2 - 1)
@@ -56,21 +62,42 @@ def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+def _weight_norm_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The WaveVAE's legacy weight norm: every convolution weight stored as a `weight_g`/`weight_v` pair."""
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith(".weight") and len(shape) == 3:
+            base = key[: -len("weight")]
+            out[base + "weight_g"] = (shape[0], 1, 1)
+            out[base + "weight_v"] = shape
+        else:
+            out[key] = shape
+    return out
+
+
+def encoder_rule_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The WaveVAE encoder's `model_gen` tensors (`encoder.*`, `proj_to_z.*`) filled by the rule."""
+    with torch.device("meta"):
+        shapes = _weight_norm_shapes(_shapes(WaveVAEEncoder()))
+    return {k: rule_tensor(k, s, seed) for k, s in shapes.items()}
+
+
+def write_full_wavvae(folder: Path, seed: int = 0, encoder_seed: int = 0) -> None:
+    """wavvae/ with config.yaml and a model_only_last.ckpt holding the decoder (rule weights, `seed`) and the encoder
+    (`encoder_seed`): a full WavVAE."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(WAVVAE_CONFIG), encoding="utf-8")
+    state = {**rule_state("model_gen", seed), **encoder_rule_state(encoder_seed)}
+    _save(folder / "model_only_last.ckpt", "model_gen", state)
+
+
 def rule_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """State dict of one wrapper key ('dit', 'dur_model', 'model', 'model_gen') filled by the rule."""
     with torch.device("meta"):
         module = {"dit": DiT, "dur_model": DurationLM, "model": Aligner, "model_gen": WaveVAEDecoder}[name]()
     shapes = _shapes(module)
-    if name == "model_gen":  # legacy weight norm on every convolution
-        wn = {}
-        for key, shape in shapes.items():
-            if key.endswith(".weight") and len(shape) == 3:
-                base = key[: -len("weight")]
-                wn[base + "weight_g"] = (shape[0], 1, 1)
-                wn[base + "weight_v"] = shape
-            else:
-                wn[key] = shape
-        shapes = wn
+    if name == "model_gen":
+        shapes = _weight_norm_shapes(shapes)
     state = {k: rule_tensor(k, s, seed) for k, s in shapes.items() if k != "encoder.positional_embedding"}
     if name == "model":
         state["encoder.positional_embedding"] = whisper_sinusoids()
@@ -171,8 +198,7 @@ def build_checkpoint(root: str | Path, seed: int = 0, aligner_seq: list[int] | N
     (root / "duration_lm").mkdir(parents=True, exist_ok=True)
     (root / "duration_lm" / "config.yaml").write_text(yaml.safe_dump(DUR_CONFIG), encoding="utf-8")
     (root / "wavvae").mkdir(parents=True, exist_ok=True)
-    (root / "wavvae" / "config.yaml").write_text(yaml.safe_dump(
-        {"melgan_config": {"frame_shift": 240, "use_tanh": True}, "vae_stride": 4, "hop_size": 240}), encoding="utf-8")
+    (root / "wavvae" / "config.yaml").write_text(yaml.safe_dump(WAVVAE_CONFIG), encoding="utf-8")
     for sub, wrapper, fname in (("diffusion_transformer", "dit", "model_only_last.ckpt"),
                                 ("duration_lm", "dur_model", "model_only_last.ckpt"),
                                 ("wavvae", "model_gen", "decoder.ckpt")):

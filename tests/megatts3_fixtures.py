@@ -56,3 +56,35 @@ def aligner_variant(root: Path, aligner_seq: list[int]) -> Path:
             os.symlink(root / sub, out / sub)
         write_aligner(out, int(cases()["seed"]), aligner_seq)
     return out
+
+
+ENCODER_GOLDEN = REPO / "tests" / "data" / "megatts3_wavvae_encoder.safetensors"  # see its generator's docstring
+
+
+def encoder_golden() -> tuple[dict, int]:
+    """The upstream WaveVAE encoder's outputs (benchmarks/reference/megatts3_wavvae_encoder_golden.py) and the
+    seed of their rule weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(ENCODER_GOLDEN), "pt") as fh:
+        seed = int(fh.metadata()["seed"])
+    return load_file(str(ENCODER_GOLDEN)), seed
+
+
+def encoder_variant(root: Path) -> Path:
+    """A sibling of `root` whose wavvae/ is a full WavVAE (model_only_last.ckpt: the decoder by the fixture rule,
+    the encoder by the golden's seed) and whose aligner is engineered to the default stream; the other parts are
+    shared by symlink."""
+    from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ, write_aligner, write_full_wavvae
+
+    out = root.parent / "with_encoder"
+    if not out.exists():
+        out.mkdir()
+        for sub in SHARED_PARTS:
+            if sub != "wavvae":
+                os.symlink(root / sub, out / sub)
+        seed = int(cases()["seed"])
+        write_full_wavvae(out / "wavvae", seed, encoder_golden()[1])
+        write_aligner(out, seed, DEFAULT_ALIGNER_SEQ)
+    return out

@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 import torch
 from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ
-from megatts3_fixtures import aligner_variant, mega_root  # noqa: F401  (mega_root: fixture)
+from megatts3_fixtures import aligner_variant, encoder_variant, mega_root  # noqa: F401  (mega_root: fixture)
 
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
 
@@ -126,5 +126,29 @@ async def test_torch_dtype_bfloat16_runs_dit_and_wavvae_in_bf16(mega_root, tmp_p
         wav, npy = _prompt(tmp_path)
         out = await eng.clone_voice_async("Hello there.", (wav, npy), **FAST)
         assert out.dtype == np.int16 and out.size > 24000 * 0.3 and int(np.abs(out).max()) > 0
+    finally:
+        await eng.shutdown()
+
+
+@pytest.mark.slow
+async def test_a_wav_alone_clones_when_the_checkpoint_has_the_wavvae_encoder(mega_root, tmp_path) -> None:  # noqa: F811
+    from fast_tts.audio import read_audio
+    from fast_tts.engine.megatts3 import AsyncMega3Engine
+    from fast_tts.models.megatts3 import frontend
+
+    eng = AsyncMega3Engine(encoder_variant(mega_root), max_concurrency=1)
+    try:
+        wav, _ = _prompt(tmp_path)
+        alone = await eng.clone_voice_async("Hello there.", wav, **FAST)
+        assert alone.dtype == np.int16 and int(np.abs(alone).max()) > 0
+        # the same as handing over, as the .npy, the encoder's latent of the padded reference
+        ref, _ = read_audio(wav, target_sr=eng.sample_rate)
+        padded = frontend.pad_prompt(np.asarray(ref, np.float32), eng.models.win_size)
+        with torch.inference_mode():
+            latent = eng.models.wavvae_encoder(torch.from_numpy(padded)[None]).numpy()
+        given = await eng.clone_voice_async("Hello there.", (wav, latent), **FAST)
+        assert given.shape == alone.shape and int(np.abs(given.astype(np.int32) - alone).max()) <= 2
+        with pytest.raises(InvalidInputError, match="does not belong"):  # a given latent is still checked
+            await eng.clone_voice_async("Hello there.", (wav, latent[:, :2]), **FAST)
     finally:
         await eng.shutdown()

@@ -11,8 +11,11 @@ import gc
 import numpy as np
 import pytest
 import torch
-from megatts3_fixtures import aligner_variant, cases, mega_root, tensors  # noqa: F401  (mega_root: fixture)
+from megatts3_checkpoint import encoder_input
+from megatts3_fixtures import (  # noqa: F401  (mega_root: fixture)
+    aligner_variant, cases, encoder_golden, encoder_variant, mega_root, tensors)
 
+from fast_tts.errors import ModelLoadError
 from fast_tts.models.megatts3.loader import MegaTTS3Models, load_megatts3
 
 
@@ -153,6 +156,44 @@ def test_wavvae_fixture_d(mega_models) -> None:
         chunks = list(vae.decode_chunks(d["latent"], start, first=2, chunk=d["latent"].shape[1]))
     assert len(chunks) == 2
     _close(torch.cat(chunks, -1), d["wav"][..., start * 960:], 1e-3)
+
+
+def test_wavvae_encoder_matches_upstream(mega_root, mega_models) -> None:  # noqa: F811
+    """A full WavVAE (model_only_last.ckpt with the encoder) loads through the real loader; its encoder gives the
+    upstream encoder's posterior on the golden inputs, and its decoder still decodes fixture d."""
+    golden, _ = encoder_golden()
+    assert mega_models.wavvae_encoder is None  # decoder.ckpt alone: no encoder
+    models = load_megatts3(encoder_variant(mega_root), load_g2p=False)
+    encoder = models.wavvae_encoder
+    lengths = sorted({int(key.split("_")[1]) for key in golden})
+    assert len(lengths) >= 2
+    with torch.inference_mode():
+        for n in lengths:
+            mean, logvar = encoder.posterior(encoder_input(n))
+            _close(mean, golden[f"mean_{n}"], 1e-4, rel=True)
+            _close(logvar, golden[f"logvar_{n}"], 1e-4, rel=True)
+            assert torch.equal(encoder(encoder_input(n)), mean)  # the latent is the posterior mean
+        d = tensors("d_wavvae")
+        _close(models.wavvae(d["latent"]), d["wav"], 1e-3)
+    del models
+    gc.collect()
+
+
+def test_a_full_wavvae_missing_an_encoder_tensor_is_named(mega_root, tmp_path) -> None:  # noqa: F811
+    import shutil
+
+    from fast_tts.models.megatts3.loader import read_state
+
+    full = encoder_variant(mega_root)
+    broken = tmp_path / "broken"
+    shutil.copytree(full, broken, symlinks=True)
+    ckpt = broken / "wavvae" / "model_only_last.ckpt"
+    state = read_state(ckpt, "model_gen")
+    del state["encoder.encoder.model.16.lstm.weight_hh_l1"]
+    ckpt.unlink()
+    torch.save({"state_dict": {"model_gen": state}}, ckpt)
+    with pytest.raises(ModelLoadError, match="weight_hh_l1"):
+        load_megatts3(broken, load_g2p=False)
 
 
 def test_aligner_fixture_e(mega_models) -> None:

@@ -6,7 +6,8 @@ the engine's worker threads and leaves as soon as it is made; segments are joine
 crossfade. A stream's first segment leaves in WaveVAE pieces, its first about one second of audio, with its loudness
 gain set from that second (`MegaTTS3Pipeline.segment_pieces`): later segments, and all of `speak_async` /
 `clone_voice_async`, are the reference's samples.
-A voice is a reference wav plus its WaveVAE latent (.npy); its aligned prompt is computed once and cached.
+A voice is a reference wav plus its WaveVAE latent (.npy), or the wav alone when the checkpoint's WaveVAE has its
+encoder; its aligned prompt is computed once and cached.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ class AsyncMega3Engine(AsyncEngine):
     def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
                       options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if audio is None:
-            raise InvalidInputError("a MegaTTS3 speaker needs reference audio: (wav, npy latent)", field="audio")
+            raise InvalidInputError("a MegaTTS3 speaker needs reference audio: (wav, npy latent), or a wav alone when "
+                                    "the checkpoint has the WaveVAE encoder", field="audio")
         arrays = self._load_reference(audio)
         self._prompt(Voice(name, dict(arrays)))  # validate now: bad audio or latent fails at add time
         return arrays, {"reference_text": reference_text or ""}

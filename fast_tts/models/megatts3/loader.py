@@ -4,7 +4,7 @@
 root/diffusion_transformer/{config.yaml, model_only_last.ckpt}   state_dict['dit']
 root/duration_lm/{config.yaml, model_only_last.ckpt}             state_dict['dur_model']
 root/aligner_lm/model_only_last.ckpt                             state_dict['model']
-root/wavvae/{config.yaml, decoder.ckpt | model_only_last.ckpt}   state_dict['model_gen']
+root/wavvae/{config.yaml, decoder.ckpt | model_only_last.ckpt}   state_dict['model_gen'] (+ encoder if present)
 root/g2p/                                                        Hugging Face Qwen2 folder
 ```
 Checkpoints are read with `torch.load(weights_only=True, mmap=True)`; `module.` / `_orig_mod.` prefixes are stripped.
@@ -29,12 +29,13 @@ from fast_tts.errors import ModelLoadError
 from fast_tts.models.megatts3.aligner import Aligner
 from fast_tts.models.megatts3.dit import DiT
 from fast_tts.models.megatts3.duration import DurationConfig, DurationLM
-from fast_tts.models.megatts3.wavvae import WaveVAEDecoder, fold_weight_norm
+from fast_tts.models.megatts3.wavvae import WaveVAEDecoder, WaveVAEEncoder, fold_weight_norm
 
 log = logging.getLogger(__name__)
 
 DIT_DIR, DUR_DIR, ALIGNER_DIR, VAE_DIR, G2P_DIR = "diffusion_transformer", "duration_lm", "aligner_lm", "wavvae", "g2p"
 LAST_CKPT = "model_only_last.ckpt"
+ENCODER_PREFIXES = ("encoder.", "proj_to_z.")  # the WavVAE encoder's tensors in `model_gen`
 
 
 @dataclass
@@ -50,7 +51,7 @@ class MegaTTS3Models:
     frames_multiple: int = 8
     vae_stride: int = 4
     hop_size: int = 240
-    vae_encoder_in_checkpoint: bool = False  # the WaveVAE encoder tensors exist (fast-tts does not run them yet)
+    wavvae_encoder: WaveVAEEncoder | None = None  # present when the WaveVAE checkpoint carries the encoder
     root: str = ""
 
 
@@ -160,9 +161,14 @@ def load_megatts3(root: str | os.PathLike, *, load_g2p: bool = True, device: str
     full = root / VAE_DIR / LAST_CKPT
     path = full if full.is_file() else find_ckpt(root / VAE_DIR, "decoder.ckpt")
     state = read_state(path, "model_gen")
-    encoder_keys = any(k.startswith("encoder.") for k in state)
-    fill(wavvae, fold_weight_norm({k: v for k, v in state.items() if not k.startswith("encoder.")}), path,
-         ignore_prefixes=("proj_to_z.",))
+    encoder_part = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
+    fill(wavvae, fold_weight_norm({k: v for k, v in state.items() if k not in encoder_part}), path,
+         ignore_prefixes=ENCODER_PREFIXES)
+    encoder = None
+    if any(k.startswith("encoder.") for k in encoder_part):  # a full WavVAE: a wav alone is enough to clone
+        with torch.device("meta"):
+            encoder = WaveVAEEncoder()
+        fill(encoder, fold_weight_norm(encoder_part), path)
     vae_stride = int(vae_cfg.get("vae_stride", 4))
     hop_size = int(vae_cfg.get("hop_size", 4))
     if vae_stride * hop_size != 960:
@@ -177,8 +183,10 @@ def load_megatts3(root: str | os.PathLike, *, load_g2p: bool = True, device: str
 
     models = MegaTTS3Models(dit, duration, aligner, wavvae, g2p, win_size=int(win_size),
                             frames_multiple=int(dit_cfg.get("frames_multiple", 8)), vae_stride=vae_stride,
-                            hop_size=hop_size, vae_encoder_in_checkpoint=encoder_keys, root=str(root))
-    for m in (dit, duration, aligner, wavvae) + ((g2p,) if g2p is not None else ()):
+                            hop_size=hop_size, wavvae_encoder=encoder, root=str(root))
+    for m in (dit, duration, aligner, wavvae, encoder, g2p):
+        if m is None:
+            continue
         m.to(device=device, dtype=dtype).eval()
         m.requires_grad_(False)
     aligner.pack_decoder_for_cpu()

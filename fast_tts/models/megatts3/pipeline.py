@@ -138,28 +138,36 @@ class MegaTTS3Pipeline:
         fm = self.m.frames_multiple
         mel2ph = length_regulate(dur[None])
         mel2ph = mel2ph[:, : mel2ph.shape[1] // fm * fm]
-        lat = self._prompt_latent(latent, mel2ph.shape[1] // self.m.vae_stride, padded.size)
+        lat = self._prompt_latent(latent, mel2ph.shape[1] // self.m.vae_stride, padded)
         ph, tone = ph[None].to(self._device), tone[None].to(self._device)
         mel2ph = mel2ph.to(self._device)
         dur_prompt = self.m.duration.make_prompt(ph, tone, mel2ph)
         return ReferencePrompt(ph, tone, mel2ph, lat, dur_prompt, loud, tokens)
 
-    def _prompt_latent(self, latent: np.ndarray | torch.Tensor | None, needed: int, n_samples: int) -> torch.Tensor:
+    def _prompt_latent(self, latent: np.ndarray | torch.Tensor | None, needed: int, padded: np.ndarray) -> torch.Tensor:
+        """The reference's latent (1, needed, 32): the caller's `.npy`, checked against the wav, or else the WaveVAE
+        encoder's posterior mean of the padded wav when the checkpoint has the encoder."""
         if latent is None:
-            if self.m.vae_encoder_in_checkpoint:
-                raise UnsupportedOperationError(
-                    "this checkpoint has a WaveVAE encoder, but fast-tts does not run it yet: pass the reference's "
-                    ".npy latent ([1, T, 32], 25 Hz) alongside the wav")
-            raise InvalidInputError(
-                "the reference needs its WaveVAE latent (.npy, shape [1, T, 32] at 25 Hz): the official MegaTTS3 "
-                "release ships only the WaveVAE decoder, so a wav alone cannot be encoded", field="reference_latent")
+            encoder = self.m.wavvae_encoder
+            if encoder is None:
+                raise InvalidInputError(
+                    "the reference needs its WaveVAE latent (.npy, shape [1, T, 32] at 25 Hz): this checkpoint's "
+                    "wavvae/ has only the decoder (as the official MegaTTS3 release does), so a wav alone cannot be "
+                    "encoded; pass (wav, npy), or use a wavvae/model_only_last.ckpt that includes the encoder",
+                    field="reference_latent")
+            with torch.inference_mode():
+                lat = encoder(torch.from_numpy(padded)[None].to(self._device))
+            if lat.shape[1] < needed:
+                raise InvalidInputError(f"the WaveVAE encoder gave {lat.shape[1]} latent frames, the prompt needs "
+                                        f"{needed}", field="reference_audio")
+            return lat[:, :needed]
         lat = torch.as_tensor(np.asarray(latent, dtype=np.float32))
         if lat.dim() == 2:
             lat = lat[None]
         if lat.dim() != 3 or lat.shape[0] != 1 or lat.shape[2] != 32:
             raise InvalidInputError(f"reference latent must have shape [1, T, 32], got {list(lat.shape)}",
                                     field="reference_latent")
-        max_frames = math.ceil(n_samples / (self.m.vae_stride * self.m.hop_size)) + 25
+        max_frames = math.ceil(padded.size / (self.m.vae_stride * self.m.hop_size)) + 25
         if lat.shape[1] < needed or lat.shape[1] > max_frames:
             raise InvalidInputError(
                 f"reference latent has {lat.shape[1]} frames but the wav needs {needed} (at most {max_frames}): "

@@ -1,5 +1,7 @@
-"""MegaTTS3 WaveVAE decoder: 25 Hz latents (B, T, 32) -> 24 kHz waveform (B, 1, 960*T).
+"""MegaTTS3 WaveVAE: decoder 25 Hz latents (B, T, 32) -> 24 kHz waveform (B, 1, 960*T), and the optional encoder.
 
+The official release ships only the decoder (`decoder.ckpt`); a full `model_only_last.ckpt` also carries the encoder
+(`encoder.*`, `proj_to_z.*`), which turns a reference wav into its latent so that no `.npy` is needed.
 The checkpoint stores legacy weight-norm pairs (`weight_g`, `weight_v`); `fold_weight_norm` turns them into plain
 `weight` tensors once at load time, so inference runs ordinary convolutions.
 """
@@ -144,3 +146,103 @@ class WaveVAEDecoder(nn.Module):
             end = min(total, pos + size)
             yield self.decode_range(latent, pos, end, context)
             pos, size = end, chunk
+
+
+ENCODER_STRIDES = (2, 4, 4, 5, 6)  # product 960: one latent frame per 40 ms of 24 kHz audio
+ENCODER_FILTERS = 32
+ENCODER_DIM = 512
+
+
+def reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Reflect padding that also works when the signal is not longer than the padding: the signal is first
+    extended with zeros on the right so a reflection exists, and those extra samples are cut off afterwards."""
+    length = x.shape[-1]
+    widest = max(left, right)
+    if length > widest:
+        return F.pad(x, (left, right), mode="reflect")
+    extra = widest - length + 1
+    padded = F.pad(F.pad(x, (0, extra)), (left, right), mode="reflect")
+    return padded[..., : padded.shape[-1] - extra]
+
+
+class SamePadConv1d(nn.Module):
+    """Conv1d on a reflect-padded input: `k_eff - stride` samples split around the signal (the extra one on the left)
+    plus enough on the right to reach a whole number of strides, so the output has ceil(T / stride) frames.
+
+    The two-level `conv.conv` nesting matches the checkpoint's names (`...conv.conv.weight_g`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Module()
+        self.conv.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, dilation=dilation)
+        self.stride = stride
+        self.span = (kernel - 1) * dilation + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = self.span - self.stride
+        right = total // 2
+        extra = -(-x.shape[-1] // self.stride) * self.stride - x.shape[-1]
+        return self.conv.conv(reflect_pad(x, total - right, right + extra))
+
+
+class EncoderResBlock(nn.Module):
+    """ELU, conv3 to half the channels, ELU, conv1 back; plus a conv1 shortcut."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.ELU(), SamePadConv1d(channels, channels // 2, 3),
+                                   nn.ELU(), SamePadConv1d(channels // 2, channels, 1))
+        self.shortcut = SamePadConv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.block(x)
+
+
+class SkipLSTM(nn.Module):
+    """A two-layer LSTM over time on (B, C, T) features, added to its input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(channels, channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x.permute(2, 0, 1))
+        return y.permute(1, 2, 0) + x
+
+
+class SEANetStack(nn.Module):
+    """conv7 1->32; per stride a residual block, ELU and a strided conv doubling the channels; LSTM; ELU; conv7."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        width = ENCODER_FILTERS
+        layers: list[nn.Module] = [SamePadConv1d(1, width, 7)]
+        for stride in ENCODER_STRIDES:
+            layers += [EncoderResBlock(width), nn.ELU(), SamePadConv1d(width, 2 * width, 2 * stride, stride)]
+            width *= 2
+        layers += [SkipLSTM(width), nn.ELU(), SamePadConv1d(width, ENCODER_DIM, 7)]
+        self.model = nn.Sequential(*layers)
+
+
+class WaveVAEEncoder(nn.Module):
+    """Encoder path of WavVAE_V3: 24 kHz wav (B, N) -> posterior mean and log-variance (B, ceil(N/960), 32) each.
+
+    Attribute names follow the checkpoint keys (`encoder.encoder.model.*`, `proj_to_z.*`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.encoder = SEANetStack()
+        self.proj_to_z = nn.Linear(ENCODER_DIM, 2 * LATENT_DIM)
+
+    def posterior(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar), each (B, T, 32); logvar clamped to [-30, 20] as the VAE's Gaussian does."""
+        features = self.encoder.encoder.model(wav[:, None, :])
+        z = self.proj_to_z(features.transpose(1, 2))
+        mean, logvar = z.split(LATENT_DIM, dim=-1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """The latent of a wav: the posterior mean (B, T, 32). The reference draws one sample from the posterior;
+        the mean is its expectation and keeps a cloned voice the same from call to call."""
+        return self.posterior(wav)[0]
