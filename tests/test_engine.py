@@ -205,6 +205,26 @@ async def test_speaker_presets_persist(tmp_path: Path, solo: dict) -> None:
     await second.shutdown()
 
 
+async def test_a_delete_during_an_add_wins_in_memory_and_in_the_store(tmp_path: Path) -> None:
+    engine = AsyncPiperEngine(speakers_dir=tmp_path)
+    save = engine.store.save
+
+    def slow_save(*args, **kwargs):  # widen the window in which the add writes the store
+        time.sleep(0.3)
+        return save(*args, **kwargs)
+
+    engine.store.save = slow_save
+    add = asyncio.create_task(engine.add_speaker("late", voice="joe", speed=1.2))
+    await asyncio.sleep(0.1)
+    await engine.delete_speaker("late")  # comes after the add, so it removes what the add wrote
+    await add
+    assert "late" not in engine.list_speakers()
+    with pytest.raises(UnknownVoiceError):
+        await engine.speak_async("Hi.", "late")
+    await engine.shutdown()
+    assert "late" not in AsyncPiperEngine(speakers_dir=tmp_path).list_speakers()
+
+
 async def test_shutdown_refuses_every_call() -> None:
     engine = AsyncPiperEngine()
     assert len(await engine.speak_async("Ready.")) > 0

@@ -155,6 +155,7 @@ class AsyncEngine(ABC):
         self._cancelled = 0
         self._closed = False
         self._speakers: dict[str, Voice] = {}
+        self._speaker_edits: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self.store = SpeakerStore(speakers_dir) if speakers_dir is not None else None
 
     # ----- family hooks -------------------------------------------------------------------------------------------
@@ -251,16 +252,26 @@ class AsyncEngine(ABC):
         if name in self._builtin_voices():
             return self._builtin_voice(name)
         if self.store is not None:
-            try:
-                validate_name(name)
-                arrays, meta = await self._run(self.store.load, name)
-            except (KeyError, InvalidInputError):
-                pass
-            else:
-                voice = self._speaker_voice(name, arrays, meta)
-                self._speakers[name] = voice
-                return voice
+            async with self._speaker_lock():  # not interleaved with an add or delete of the same speaker
+                if name in self._speakers:
+                    return self._speakers[name]
+                try:
+                    validate_name(name)
+                    arrays, meta = await self._run(self.store.load, name)
+                except (KeyError, InvalidInputError):
+                    pass
+                else:
+                    voice = self._speaker_voice(name, arrays, meta)
+                    self._speakers[name] = voice
+                    return voice
         raise UnknownVoiceError(name, self.list_speakers())
+
+    def _speaker_lock(self) -> asyncio.Lock:
+        """The lock that orders speaker adds, deletes and store loads (one per event loop, like the slots)."""
+        loop = asyncio.get_running_loop()
+        if self._speaker_edits is None or self._speaker_edits[0] is not loop:
+            self._speaker_edits = (loop, asyncio.Lock())
+        return self._speaker_edits[1]
 
     def list_speakers(self) -> list[str]:
         """Built-in voices first, then custom speakers (from memory and the speaker store)."""
@@ -440,9 +451,10 @@ class AsyncEngine(ABC):
             raise InvalidInputError(f"{name!r} is a built-in voice; choose another name", field="name")
         arrays, meta = await self._run(self._make_speaker, name, audio, reference_text, options)
         voice = self._speaker_voice(name, arrays, meta)
-        if self.store is not None:
-            await self._run(self.store.save, name, arrays, {**meta, "family": self.family})
-        self._speakers[name] = voice
+        async with self._speaker_lock():  # memory and store change together: the last add or delete wins in both
+            if self.store is not None:
+                await self._run(self.store.save, name, arrays, {**meta, "family": self.family})
+            self._speakers[name] = voice
 
     async def delete_speaker(self, name: str) -> None:
         """Remove custom speaker `name` (built-in voices cannot be deleted)."""
@@ -450,9 +462,10 @@ class AsyncEngine(ABC):
         validate_name(name)
         if name in self._builtin_voices():
             raise InvalidInputError(f"{name!r} is a built-in voice and cannot be deleted", field="name")
-        existed = self._speakers.pop(name, None) is not None
-        if self.store is not None:
-            existed = await self._run(self.store.delete, name) or existed
+        async with self._speaker_lock():
+            existed = self._speakers.pop(name, None) is not None
+            if self.store is not None:
+                existed = await self._run(self.store.delete, name) or existed
         if not existed:
             raise UnknownVoiceError(name, field="name")
 
