@@ -29,6 +29,7 @@ from fast_tts.models.chattts.speaker import (
     sample_random_speaker,
 )
 from fast_tts.models.chattts.tokenizer import decorate_code_prompts, decorate_text_prompts
+from mkl_path import under_compatible_mkl
 
 FIXTURES = Path(
     os.environ.get("FAST_TTS_CHATTTS_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared/fixtures/chattts")
@@ -221,6 +222,7 @@ def test_infer_wavs_after_silence_strip(models: ChatTTSModels, ref: dict[str, to
                 close(kept, want, atol=WAV_ATOL)
 
 
+@under_compatible_mkl
 def test_audio_prompt(models: ChatTTSModels, cases: dict[str, Any], ref: dict[str, torch.Tensor]) -> None:
     out = cases["audio_prompt"]["outputs"]
     wav = ref["audio_prompt/wav"]
