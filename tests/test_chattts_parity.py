@@ -17,7 +17,7 @@ import torch
 from chattts_checkpoint import build_fixture_checkpoint
 from safetensors.torch import load_file
 
-from fast_tts.backends.lm import LMAdapter
+from fast_tts.models.lm import LMAdapter
 from fast_tts.models.chattts.decode import decode_rows, rows_to_mel, wav_length
 from fast_tts.models.chattts.gpt import ChatTTSGPT, compact_left_padding, inject_speaker
 from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts

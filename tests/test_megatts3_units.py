@@ -79,7 +79,7 @@ def test_crossfade_and_int16() -> None:
 def test_g2p_tiny_qwen2_follows_chain_and_cache_matches_full(tmp_path) -> None:
     from megatts3_checkpoint import write_g2p
 
-    from fast_tts.backends.lm import LMAdapter
+    from fast_tts.models.lm import LMAdapter
     from fast_tts.models.megatts3.g2p import G2P
 
     chain = [145, 263, 302, 163, 101, 148, 801]

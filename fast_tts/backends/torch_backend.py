@@ -40,7 +40,7 @@ from fast_tts.backends.base import (
 )
 from fast_tts.backends.cpu_decode import NativeDecoder
 from fast_tts.backends.cpu_linear import pack_linears, packing_available
-from fast_tts.backends.lm import LMAdapter
+from fast_tts.models.lm import LMAdapter
 from fast_tts.errors import EngineClosedError, InvalidInputError
 from fast_tts.sampling import BatchSampler, SamplingParams
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fast_tts.models.chattts.config import EmbedConfig
+from fast_tts.models.lm import LMSource
 from fast_tts.models.transformer import Transformer
 
 WN_G, WN_V = "parametrizations.weight.original0", "parametrizations.weight.original1"
@@ -93,6 +94,7 @@ class ChatTTSGPT(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.embed = embed
+        self.source: LMSource | None = None  # the asset/gpt folder, set by the loader (its heads are in Embed)
 
     def prefill(self, emb: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run left-padded prompt embeddings through the cached stack (rows 0..B-1; `setup_cache` first).
@@ -116,6 +118,7 @@ class CodeLM:
     def __init__(self, gpt: ChatTTSGPT) -> None:
         self.transformer = gpt.transformer
         self.num_codebooks = gpt.embed.num_vq
+        self.source = gpt.source
         self._embed = gpt.embed
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -133,6 +136,7 @@ class TextLM:
     def __init__(self, gpt: ChatTTSGPT) -> None:
         self.transformer = gpt.transformer
         self.num_codebooks = 1
+        self.source = gpt.source
         self._embed = gpt.embed
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch import nn
 from fast_tts.errors import ModelLoadError
 from fast_tts.models.chattts.config import ChatTTSConfig, config_from_shapes
 from fast_tts.models.chattts.dvae import DVAE, MelDecoder
+from fast_tts.models.lm import LMSource
 from fast_tts.models.chattts.gpt import WN_G, WN_V, ChatTTSEmbed, ChatTTSGPT, CodeLM, TextLM
 from fast_tts.models.chattts.quantizer import ScaleBase
 from fast_tts.models.chattts.speaker import parse_spk_stat
@@ -235,6 +236,7 @@ def load_chattts(
         )
     std, mean = _speaker_stats(root, spk_stat, cfg.gpt.hidden_size)
     gpt = ChatTTSGPT(modules["gpt"], modules["embed"]).to(device=device, dtype=dtype).eval()
+    gpt.source = LMSource((root / GPT_CONFIG).parent, stock_head=False)
     return ChatTTSModels(
         config=cfg,
         gpt=gpt,

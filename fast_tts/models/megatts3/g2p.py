@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_tts.errors import ModelLoadError
+from fast_tts.models.lm import LMSource
 from fast_tts.models.megatts3.phones import SIL, split_merged
 from fast_tts.models.transformer import DecoderConfig, Transformer
 
@@ -37,6 +38,7 @@ class G2P(nn.Module):
         self.tokenizer = tokenizer
         self.speech_start = speech_start
         self._decode_head: nn.Module | None = None
+        self.source: LMSource | None = None  # set by from_folder
 
     @property
     def stop_id(self) -> int:
@@ -93,6 +95,7 @@ class G2P(nn.Module):
         if unset:
             raise ModelLoadError(f"G2P weights in {folder} lack {unset[:5]}")
         model.transformer.inv_freq = _inv_freq(cfg)
+        model.source = LMSource(folder, stock_head=True)
         return model
 
     def prompt_ids(self, text: str) -> list[int]:
