@@ -244,8 +244,8 @@ def test_bf16_logits_agree_with_fp32() -> None:
     x = torch.randn(2, 24, 128)
     pos = torch.arange(24)[None].expand(2, -1)
     with torch.no_grad():
-        ref = lm.logits(lm.transformer(x, pos, use_cache=False)[:, -1])
-        got = lm16.logits(lm16.transformer(x.bfloat16(), pos, use_cache=False)[:, -1].float())
+        ref = lm.logits(lm.transformer(x, pos)[:, -1])
+        got = lm16.logits(lm16.transformer(x.bfloat16(), pos)[:, -1].float())
     rel = ((got - ref).abs().max() / ref.std()).item()
     assert got.dtype == torch.float32
     assert rel < 0.05, rel
@@ -285,7 +285,7 @@ def test_create_backend_names() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_linear_matches_plain(dtype: torch.dtype) -> None:
-    from fast_tts.backends.cpu_linear import PackedLinear, pack_linears, packing_available
+    from fast_tts.kernels.linear import PackedLinear, pack_linears, packing_available
 
     assert packing_available(dtype)  # this CPU build has oneDNN; a machine without it falls back to nn.Linear
     lin = nn.Linear(96, 80, bias=True).to(dtype)
@@ -301,7 +301,7 @@ async def test_packed_backend_matches_unpacked() -> None:
     for pack in (False, True):
         b = create_backend("torch", TinyLM(std=0.05), max_batch=2, max_seq=64, pack_weights=pack)
         try:
-            assert b.packed is pack
+            assert b.runner.packed is pack
             results.append(await b.submit(_prompt(9, 1), params).collect())
         finally:
             await b.shutdown()
@@ -355,8 +355,8 @@ async def test_a_burst_of_short_prompts_is_prefilled_together(backend) -> None:
     alone = [await solo.submit(p, sp).collect() for p, sp in zip(prompts, params)]
     b = backend(max_batch=8, prefill_chunk=64)
     calls: list[int] = []
-    forward = b.model.forward
-    b.model.forward = lambda x, *a, **k: calls.append(x.shape[1]) or forward(x, *a, **k)
+    forward = b.runner.model.forward
+    b.runner.model.forward = lambda x, *a, **k: calls.append(x.shape[1]) or forward(x, *a, **k)
     bad = torch.full((4, CODEBOOKS), VOCAB + 1)  # fails the grouped forward, then fails alone
     streams = [b.submit(p, sp) for p, sp in zip(prompts[:3], params[:3])]
     bad_stream = b.submit(bad, SamplingParams(max_new_tokens=5))

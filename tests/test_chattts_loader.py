@@ -98,9 +98,8 @@ def test_gpt_in_bfloat16_tracks_float32(small_ckpt: Path) -> None:
     outs = []
     with torch.inference_mode():
         for m in (full, half):
-            m.gpt.transformer.setup_cache(2, 16)
             emb = m.gpt.embed.prompt_embedding(ids, torch.zeros(2, 9, dtype=torch.bool))
-            hidden, _ = m.gpt.prefill(emb, mask)
+            hidden, _ = m.gpt.prefill(emb, mask, m.gpt.transformer.new_cache(2, 16))
             outs.append(m.code_lm.logits(hidden))
     assert outs[1].dtype == torch.float32
     err = (outs[0] - outs[1]).abs().max() / outs[0].abs().max()

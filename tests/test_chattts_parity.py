@@ -104,15 +104,14 @@ def _teacher_forced(gpt: ChatTTSGPT, emb: torch.Tensor, mask: torch.Tensor, forc
                     ) -> torch.Tensor:
     """Hidden states (B, S, H) that predict each of the S forced tokens (B, S, nq) through the KV cache."""
     b, steps = forced.shape[:2]
-    gpt.transformer.setup_cache(b, mask.shape[1] + steps + 1)
-    hidden, pos = gpt.prefill(emb, mask)
+    cache = gpt.transformer.new_cache(b, mask.shape[1] + steps + 1)
+    hidden, pos = gpt.prefill(emb, mask, cache)
     out = [hidden]
     for s in range(steps - 1):
         tok = forced[:, s]
         step_emb = gpt.embed.code_embedding(tok) if code else gpt.embed.emb_text(tok[..., 0])
-        hidden = gpt.step(step_emb, pos + s)
+        hidden = gpt.step(step_emb, pos + s, cache)
         out.append(hidden)
-    gpt.transformer.free_cache()
     return torch.stack(out, 1)
 
 

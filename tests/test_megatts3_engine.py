@@ -65,7 +65,7 @@ async def test_clone_speaker_and_stream(engine, tmp_path) -> None:
     with pytest.warns(UserWarning, match="pitch"):
         cloned = await engine.clone_voice_async("Hello there.", (wav, npy), pitch="high", **FAST)
     assert cloned.dtype == np.int16 and cloned.size > 24000 * 0.3 and int(np.abs(cloned).max()) > 0
-    from fast_tts.backends.torch_backend import bf16_supported
+    from fast_tts.devices import bf16_fast as bf16_supported
 
     # torch_dtype="auto": the G2P LM in bf16 where bf16 is fast (the DiT and WaveVAE stay float32)
     assert engine._backend.dtype == (torch.bfloat16 if bf16_supported("cpu") else torch.float32)
@@ -114,7 +114,7 @@ async def test_a_streamed_first_segment_leaves_in_pieces_at_one_gain(engine, tmp
 
 
 async def test_torch_dtype_bfloat16_runs_dit_and_wavvae_in_bf16(mega_root, tmp_path) -> None:  # noqa: F811
-    from fast_tts.backends.torch_backend import bf16_supported
+    from fast_tts.devices import bf16_fast as bf16_supported
     from fast_tts.engine.megatts3 import AsyncMega3Engine
 
     with pytest.raises(InvalidInputError, match="torch_dtype") as err:

@@ -114,7 +114,7 @@ def _snr_db(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def test_bf16_dit_and_wavvae_stay_close_to_float32(mega_models) -> None:
     """The opt-in bf16 path (engine torch_dtype="bfloat16") on fixtures c and d: near float32, yet really bf16."""
-    from fast_tts.backends.torch_backend import bf16_supported
+    from fast_tts.devices import bf16_fast as bf16_supported
     from fast_tts.models.megatts3.dit import prepare_inputs
     from fast_tts.models.megatts3.pipeline import bf16_autocast
 
@@ -197,7 +197,7 @@ def test_a_full_wavvae_missing_an_encoder_tensor_is_named(mega_root, tmp_path) -
 
 
 def test_aligner_fixture_e(mega_models) -> None:
-    from fast_tts.backends.cpu_linear import packing_available
+    from fast_tts.kernels.linear import packing_available
 
     d, al = tensors("e_aligner"), mega_models.aligner
     # on CPU the loader prepacks the decoder (the fast one-token path): the fixture checks that path

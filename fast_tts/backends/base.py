@@ -19,6 +19,7 @@ from fast_tts.sampling import SamplingParams
 FINISH_STOP = "stop"  # a stop token was sampled (not returned)
 FINISH_LENGTH = "length"  # max_new_tokens reached or the KV cache is full
 FINISH_CANCELLED = "cancelled"
+FINISH_ERROR = "error"  # the request failed (its stream raises the error)
 
 
 @dataclass(frozen=True)

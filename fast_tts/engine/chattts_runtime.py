@@ -19,6 +19,7 @@ import torch
 from fast_tts.backends import GenerationStream, create_backend
 from fast_tts.engine.batcher import DecodeBatcher
 from fast_tts.engine.streaming import StreamPlan, stream_windows
+from fast_tts.devices import bf16_fast
 from fast_tts.errors import InvalidInputError
 from fast_tts.models.chattts.decode import HOP, decode_rows, wav_length
 from fast_tts.models.chattts.gpt import TextLM, inject_speaker
@@ -67,7 +68,6 @@ class ChatTTSRuntime:
         self.eos_code = models.config.embed.num_audio_tokens - 1
         self.hidden_size = models.config.gpt.hidden_size
         text_lm = TextLM(models.gpt)
-        text_lm.transformer = models.gpt.transformer.sharing_weights()  # same weights, a cache of its own
         options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile}
         self.code_gen = create_backend(backend, models.code_lm, max_batch=max_batch, max_seq=max_seq, **options)
         # bf16 generation decodes in bf16 too where the CPU has bf16 kernels (1.7x faster, about 36 dB SNR against
@@ -75,7 +75,7 @@ class ChatTTSRuntime:
         self.decode_bf16 = (
             getattr(self.code_gen, "dtype", None) == torch.bfloat16
             and torch.device(device).type == "cpu"
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            and bf16_fast("cpu")
         )
         self.text_gen = create_backend(backend, text_lm, max_batch=refine_batch, max_seq=refine_max_seq, **options)
         self.decoder = DecodeBatcher(self._decode_batch, max_batch=decode_batch, wait_s=decode_wait_s, name="chattts")

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fast_tts.backends.torch_backend import bf16_supported
+from fast_tts.devices import bf16_fast
 from fast_tts.engine.base import AsyncEngine, Voice
 from fast_tts.engine.streaming import SegmentJoiner
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
@@ -96,7 +96,7 @@ class AsyncMega3Engine(AsyncEngine):
         # Under "auto" the G2P LM runs in bf16 where bf16 is fast (4x faster than float32 on a 2-core AVX-512 BF16
         # CPU) and the DiT and WaveVAE keep float32, the reference's numbers; "bfloat16" also runs those two under
         # bf16 autocast.
-        bf16 = torch_dtype == "bfloat16" and bf16_supported(device)
+        bf16 = torch_dtype == "bfloat16" and bf16_fast(device)
         if torch_dtype == "bfloat16" and not bf16:
             log.warning("torch_dtype='bfloat16': no fast bf16 on %s, so the DiT and WaveVAE run in float32", device)
         self.pipeline = MegaTTS3Pipeline(self.models, bf16=bf16)

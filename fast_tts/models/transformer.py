@@ -1,24 +1,26 @@
-"""One compact Llama / Qwen2 decoder with a preallocated, row-addressed KV cache.
+"""One compact Llama / Qwen2 decoder and its KV cache, shared by every family with a causal language model (ChatTTS
+GPT, MegaTTS3 G2P). The module holds no embeddings and no heads: families own those (ChatTTS sums four codebook
+embeddings).
 
-Shared by every family that has a causal language model (ChatTTS GPT, MegaTTS3 G2P). The module holds no
-embeddings and no heads: families own those, because they differ (ChatTTS sums four codebook embeddings).
-
-Cache model: `setup_cache(max_batch, max_seq)` allocates K/V once.
-Cache layout: (layers, max_batch, kv_heads, max_seq, head_dim). A caller addresses cache rows explicitly (`rows`): a slice keeps attention reads as views (no copies), which is
-what a scheduler that keeps its running requests compacted in rows 0..B-1 uses; `move_row` supports that compaction.
-Attention masks are derived from positions alone: a query at position p sees the keys at positions <= p of its row,
-so stale entries of a row's previous occupant are never read.
+`KVCache` is an object of its own (gpt-fast's KVCache, with rows addressed explicitly): whoever runs the model owns
+the cache and passes it to `forward`, so two runners can share one decoder's weights, each with a cache of its own.
+Its layout is (layers, max_rows, kv_heads, max_seq, head_dim). A caller addresses cache rows explicitly (`rows`); a
+slice keeps attention reads as views (no copies), which is what a scheduler that keeps its running requests
+compacted in rows 0..B-1 uses. Attention masks are derived from positions alone: a query at position p sees the keys
+at positions <= p of its row, so stale entries of a row's previous occupant are never read.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fast_tts.kernels.decode import DecodeLayer, DecoderShape, DecodeStep, fits
+from fast_tts.kernels.linear import TiledBF16Linear
 
 Rows = slice | torch.Tensor
 
@@ -105,7 +107,8 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
         rows: Rows | None,
         positions: torch.Tensor,
         kv_len: int,
@@ -118,12 +121,7 @@ class Attention(nn.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if cache is not None:
-            k_cache, v_cache = cache
-            row_idx = _row_index(rows, bsz, x.device)[:, None]
-            k_cache[row_idx, :, positions] = k.transpose(1, 2).to(k_cache.dtype)
-            v_cache[row_idx, :, positions] = v.transpose(1, 2).to(v_cache.dtype)
-            k = k_cache[rows][:, :, :kv_len]
-            v = v_cache[rows][:, :, :kv_len]
+            k, v = cache.update(layer, rows, positions, k, v, kv_len)
             if k.dtype == torch.bfloat16 and k.device.type == "cpu":
                 k, v = k.float(), v.float()  # CPU SDPA is much faster in float32; the widening is exact
         # Attention runs in the cache's dtype: a float32 cache beside bf16 weights keeps CPU SDPA on its fast path.
@@ -177,6 +175,52 @@ def _fuse_checkpoint_names(module: nn.Module, state_dict: dict, prefix: str, *ar
             state_dict[base + "w13.weight"] = torch.cat([state_dict.pop(key), state_dict.pop(up)])
 
 
+def rotary_inv_freq(cfg: DecoderConfig) -> torch.Tensor:
+    """Rotary inverse frequencies (a non-persistent buffer: rebuilt, not loaded, after meta-device construction)."""
+    dim = cfg.dim_per_head
+    return 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+class KVCache:
+    """Preallocated keys and values for `max_rows` sequences of up to `max_seq` positions, every layer."""
+
+    def __init__(self, cfg: DecoderConfig, max_rows: int, max_seq: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:
+        shape = (cfg.num_layers, max_rows, cfg.num_kv_heads, max_seq, cfg.dim_per_head)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def max_rows(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_seq(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k.dtype
+
+    def update(self, layer: int, rows: Rows | None, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write `k`, `v` (B, kv_heads, T, head_dim) at `positions` (B, T) of cache `rows` (default 0..B-1) in
+        `layer`; return that layer's keys and values of those rows at positions < kv_len."""
+        bsz = k.shape[0]
+        rows = rows if rows is not None else slice(0, bsz)
+        index = _row_index(rows, bsz, k.device)[:, None]
+        k_layer, v_layer = self.k[layer], self.v[layer]
+        k_layer[index, :, positions] = k.transpose(1, 2).to(k_layer.dtype)
+        v_layer[index, :, positions] = v.transpose(1, 2).to(v_layer.dtype)
+        return k_layer[rows][:, :, :kv_len], v_layer[rows][:, :, :kv_len]
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Copy positions 0..length-1 of row `src` over row `dst` (compaction of running requests)."""
+        if length > 0:
+            self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+            self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+
 class Transformer(nn.Module):
     """Decoder stack (no embeddings, no head) returning final-norm hidden states."""
 
@@ -185,49 +229,12 @@ class Transformer(nn.Module):
         self.config = cfg
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        dim = cfg.dim_per_head
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.k_cache: torch.Tensor | None = None
-        self.v_cache: torch.Tensor | None = None
+        self.register_buffer("inv_freq", rotary_inv_freq(cfg), persistent=False)
         self.register_load_state_dict_pre_hook(_fuse_checkpoint_names)
 
-    @property
-    def max_batch(self) -> int:
-        return 0 if self.k_cache is None else self.k_cache.shape[1]
-
-    @property
-    def max_seq(self) -> int:
-        return 0 if self.k_cache is None else self.k_cache.shape[3]
-
-    def setup_cache(self, max_batch: int, max_seq: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate the KV cache once; later calls with the same shape keep it."""
-        dtype = dtype or self.norm.weight.dtype
-        cfg = self.config
-        shape = (cfg.num_layers, max_batch, cfg.num_kv_heads, max_seq, cfg.dim_per_head)
-        if self.k_cache is not None and self.k_cache.shape == shape and self.k_cache.dtype == dtype:
-            return
-        device = self.norm.weight.device
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-
-    def sharing_weights(self) -> "Transformer":
-        """Another view of this decoder with the same weights (no copy) and a KV cache of its own.
-
-        Lets two backends (e.g. ChatTTS code and refine-text generation) run the same weights on separate caches.
-        """
-        view = copy.copy(self)  # modules, parameters and buffers are shared; cache attributes become its own
-        view.k_cache = view.v_cache = None
-        return view
-
-    def free_cache(self) -> None:
-        self.k_cache = self.v_cache = None
-
-    def move_row(self, src: int, dst: int) -> None:
-        """Copy one cache row over another (for compacting running requests into rows 0..B-1)."""
-        assert self.k_cache is not None and self.v_cache is not None
-        self.k_cache[:, dst] = self.k_cache[:, src]
-        self.v_cache[:, dst] = self.v_cache[:, src]
+    def new_cache(self, max_rows: int, max_seq: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A KV cache for this decoder on its device (dtype: the weights' unless given)."""
+        return KVCache(self.config, max_rows, max_seq, dtype or self.norm.weight.dtype, self.norm.weight.device)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq
@@ -238,24 +245,22 @@ class Transformer(nn.Module):
         self,
         x: torch.Tensor,
         positions: torch.Tensor,
+        cache: KVCache | None = None,
         rows: Rows | None = None,
         kv_len: int | None = None,
         key_padding_mask: torch.Tensor | None = None,
-        use_cache: bool = True,
     ) -> torch.Tensor:
         """Run the stack on `x` (B, T, H) at `positions` (B, T).
 
-        With the cache (default when allocated): K/V are written at `positions` of cache `rows` (default rows 0..B-1)
-        and each query attends to the keys of its row at positions <= its own; `kv_len` bounds the keys read
-        (default max(positions)+1). Without the cache: causal self-attention over `x` in index order, with optional
-        `key_padding_mask` (B, T) marking valid keys.
+        With a cache: K/V are written at `positions` of cache `rows` (default rows 0..B-1) and each query attends to
+        the keys of its row at positions <= its own; `kv_len` bounds the keys read (default max(positions)+1).
+        Without: causal self-attention over `x` in index order, with optional `key_padding_mask` (B, T) marking
+        valid keys.
         """
-        cached = use_cache and self.k_cache is not None
-        if cached:
+        if cache is not None:
             kv_len = kv_len or int(positions.max()) + 1
-            if kv_len > self.max_seq:
-                raise ValueError(f"position {kv_len - 1} is past the KV cache length {self.max_seq}")
-            rows = rows if rows is not None else slice(0, x.shape[0])
+            if kv_len > cache.max_seq:
+                raise ValueError(f"position {kv_len - 1} is past the KV cache length {cache.max_seq}")
             key_pos = torch.arange(kv_len, device=x.device)
             mask = key_pos[None, None, None, :] <= positions[:, None, :, None]
         else:
@@ -267,9 +272,49 @@ class Transformer(nn.Module):
             kv_len = seq
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            cache = (self.k_cache[i], self.v_cache[i]) if cached else None
             h = layer.input_layernorm(x)
-            x = x + layer.self_attn(h, cos, sin, mask, cache, rows, positions, kv_len)
+            x = x + layer.self_attn(h, cos, sin, mask, cache, i, rows, positions, kv_len)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.norm(x)
 
+    def native_decoder(self, cache: KVCache) -> NativeDecoder | None:
+        """Decode steps of this decoder over `cache` in one native call each, or None where the kernels cannot run
+        them (they need bf16 weights in tiled layers and a bf16 cache on CPU: see fast_tts.kernels.decode)."""
+        if not all(isinstance(m, TiledBF16Linear) for layer in self.layers for m in _linears(layer)):
+            return None
+        cfg = self.config
+        shape = DecoderShape(cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+                             cfg.dim_per_head, cfg.rms_norm_eps)
+        layers = [
+            DecodeLayer(layer.input_layernorm.weight.detach().contiguous(),
+                        layer.post_attention_layernorm.weight.detach().contiguous(), *_linears(layer),
+                        cache.k[i], cache.v[i])
+            for i, layer in enumerate(self.layers)
+        ]
+        final_norm = self.norm.weight.detach().contiguous()
+        if not fits(shape, layers, final_norm):
+            return None
+        return NativeDecoder(self, DecodeStep(shape, layers, final_norm))
+
+
+def _linears(layer: Block) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+    """A layer's four linears in decode order: qkv, o, gate+up, down."""
+    return layer.self_attn.wqkv, layer.self_attn.o_proj, layer.mlp.w13, layer.mlp.down_proj
+
+
+class NativeDecoder:
+    """`Transformer` decode steps (one new position per row) through `fast_tts.kernels.decode.DecodeStep`."""
+
+    def __init__(self, model: Transformer, step: DecodeStep) -> None:
+        self.model, self.step = model, step
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """Final-norm hidden states (B, 1, H) for inputs `x` (B, 1, H) at `positions` (B, 1) in cache `rows`."""
+        batch = x.shape[0]
+        if isinstance(rows, slice):
+            rows = torch.arange(rows.start or 0, (rows.start or 0) + batch)
+        cos, sin = self.model.rope(positions, torch.bfloat16)
+        head_dim = self.step.shape.head_dim
+        out = self.step(x.reshape(batch, -1), cos.reshape(batch, head_dim), sin.reshape(batch, head_dim), rows,
+                        positions[:, 0])
+        return out.view(batch, 1, -1)

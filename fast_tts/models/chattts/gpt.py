@@ -13,7 +13,7 @@ from torch import nn
 
 from fast_tts.models.chattts.config import EmbedConfig
 from fast_tts.models.lm import LMSource
-from fast_tts.models.transformer import Transformer
+from fast_tts.models.transformer import KVCache, Transformer
 
 WN_G, WN_V = "parametrizations.weight.original0", "parametrizations.weight.original1"
 
@@ -96,20 +96,21 @@ class ChatTTSGPT(nn.Module):
         self.embed = embed
         self.source: LMSource | None = None  # the asset/gpt folder, set by the loader (its heads are in Embed)
 
-    def prefill(self, emb: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run left-padded prompt embeddings through the cached stack (rows 0..B-1; `setup_cache` first).
+    def prefill(self, emb: torch.Tensor, attention_mask: torch.Tensor,
+                cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run left-padded prompt embeddings through the stack into rows 0..B-1 of `cache`.
 
         Returns the final-norm hidden state of each row's last prompt token (B, H) and the row lengths (B,), which
         are the positions of each row's next token.
         """
         moved, positions, lengths = compact_left_padding(emb, attention_mask)
-        hidden = self.transformer(moved, positions)
+        hidden = self.transformer(moved, positions, cache)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
         return last, lengths
 
-    def step(self, emb: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def step(self, emb: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decode step: embeddings (B, H) at positions (B,) -> final-norm hidden states (B, H)."""
-        return self.transformer(emb[:, None], positions[:, None])[:, 0]
+        return self.transformer(emb[:, None], positions[:, None], cache)[:, 0]
 
 
 class CodeLM:

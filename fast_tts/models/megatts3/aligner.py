@@ -133,10 +133,10 @@ class Aligner(nn.Module):
         return self.decoder(tokens, self.decoder.cross_kv(audio))
 
     def pack_decoder_for_cpu(self) -> bool:
-        """Swap the decoder's linears for prepacked ones when it runs on CPU (`cpu_linear.pack_linears`: our tiled
+        """Swap the decoder's linears for prepacked ones when it runs on CPU (`kernels.linear.pack_linears`: our tiled
         kernel, else oneDNN's layout): one-token steps are matrix-vector products, which read the weights faster in
         those layouts. Call after the weights are loaded; returns whether it packed."""
-        from fast_tts.backends.cpu_linear import pack_linears, packing_available
+        from fast_tts.kernels.linear import pack_linears, packing_available
 
         head = self.decoder.out_proj
         if not isinstance(head, nn.Linear) or head.weight.device.type != "cpu":

@@ -18,7 +18,7 @@ from torch import nn
 from fast_tts.errors import ModelLoadError
 from fast_tts.models.lm import LMSource
 from fast_tts.models.megatts3.phones import SIL, split_merged
-from fast_tts.models.transformer import DecoderConfig, Transformer
+from fast_tts.models.transformer import DecoderConfig, Transformer, rotary_inv_freq
 
 SPEECH_START_TOKEN = "<Reserved_TTS_0>"
 STOP_OFFSET = 801
@@ -84,8 +84,8 @@ class G2P(nn.Module):
             if key.startswith("model.") and not key.startswith("model.embed_tokens."):
                 decoder[key[len("model."):]] = value.to(dtype)
         try:
-            # each part on its own: the shared decoder's name-fusing pre-hook only runs safely at the root prefix
-            model.transformer.load_state_dict(_fuse(decoder), strict=True, assign=True)
+            # each part on its own: the decoder's pre-hook fuses the Hugging Face q/k/v and gate/up names
+            model.transformer.load_state_dict(decoder, strict=True, assign=True)
             model.embed_tokens.load_state_dict({"weight": state["model.embed_tokens.weight"].to(dtype)}, assign=True)
             if model.lm_head is not None:
                 model.lm_head.load_state_dict({"weight": state["lm_head.weight"].to(dtype)}, assign=True)
@@ -94,7 +94,7 @@ class G2P(nn.Module):
         unset = [n for n, p in model.named_parameters() if p.is_meta]
         if unset:
             raise ModelLoadError(f"G2P weights in {folder} lack {unset[:5]}")
-        model.transformer.inv_freq = _inv_freq(cfg)
+        model.transformer.inv_freq = rotary_inv_freq(cfg)
         model.source = LMSource(folder, stock_head=True)
         return model
 
@@ -116,7 +116,7 @@ class G2P(nn.Module):
     def prepare_for_backend(self, dtype: torch.dtype, device: torch.device) -> None:
         """For a bf16 backend on CPU, read the head (a third of Qwen2.5-0.5B) as a tiled bf16 copy through the
         native kernel, with float32 sums, instead of streaming the float32 matrix every step."""
-        from fast_tts.backends.cpu_linear import TiledBF16Linear, native_bf16_available, tiled_layout_fits
+        from fast_tts.kernels.linear import TiledBF16Linear, native_bf16_available, tiled_layout_fits
 
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
@@ -139,12 +139,12 @@ class G2P(nn.Module):
         """Greedy generation with the preallocated KV cache; returns the new ids (stop id included when reached)."""
         ids = self.prompt_ids(text)
         device = self.embed_tokens.weight.device
-        self.transformer.setup_cache(1, len(ids) + max_new_tokens)
+        cache = self.transformer.new_cache(1, len(ids) + max_new_tokens)
         tokens = torch.tensor([ids], device=device)
         pos = torch.arange(len(ids), device=device)[None]
         out: list[int] = []
         for _ in range(max_new_tokens):
-            hidden = self.transformer(self.embed(tokens[..., None]), pos)
+            hidden = self.transformer(self.embed(tokens[..., None]), pos, cache)
             nxt = int(self.logits(hidden[:, -1])[0, 0].argmax())
             out.append(nxt)
             if nxt == self.stop_id:
@@ -156,25 +156,3 @@ class G2P(nn.Module):
     def phonemize(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text segment -> (phone, tone) (1, L) by greedy decoding."""
         return self.phones(self.generate(text))
-
-
-def _fuse(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face q/k/v_proj and gate/up_proj -> the shared decoder's fused wqkv / w13."""
-    out = dict(state)
-    for key in [k for k in state if k.endswith("self_attn.q_proj.weight")]:
-        base = key[: -len("q_proj.weight")]
-        for kind in ("weight", "bias"):
-            parts = [base + f"{p}_proj.{kind}" for p in "qkv"]
-            if all(p in out for p in parts):
-                out[base + f"wqkv.{kind}"] = torch.cat([out.pop(p) for p in parts])
-    for key in [k for k in state if k.endswith("mlp.gate_proj.weight")]:
-        base = key[: -len("gate_proj.weight")]
-        if base + "up_proj.weight" in out:
-            out[base + "w13.weight"] = torch.cat([out.pop(key), out.pop(base + "up_proj.weight")])
-    return out
-
-
-def _inv_freq(cfg: DecoderConfig) -> torch.Tensor:
-    """Rotary inverse frequencies (the buffer is non-persistent, so it is rebuilt after meta-device loading)."""
-    dim = cfg.dim_per_head
-    return 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))

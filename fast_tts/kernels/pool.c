@@ -15,10 +15,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "fast_tts_kernels.h"
+
 #define MAX_THREADS 64
 #define WAIT_SPINS 4000 /* pauses a waiting thread spends before it starts yielding the core */
-
-typedef void (*job_fn)(void *arg, int thread, int threads);
 
 /* One round of waiting for another thread: a pause, or once `spins` reaches WAIT_SPINS, giving up the core. */
 void fast_tts_wait_a_little(int *spins) {
@@ -37,7 +37,7 @@ static struct {
     int helpers;              /* helper threads running (thread ids 1..helpers) */
     atomic_ulong generation;  /* bumped for each job */
     atomic_int finished;      /* helpers done with the current job */
-    job_fn fn;
+    fast_tts_job_fn fn;
     void *arg;
     int threads;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL, NULL, 0};
@@ -68,7 +68,7 @@ static void forget_helpers_after_fork(void) { /* a forked child has none of the 
 static void install_fork_handler(void) { pthread_atfork(NULL, NULL, forget_helpers_after_fork); }
 
 /* Run fn(arg, i, threads) for i = 0..threads-1, i = 0 on the calling thread; returns when all are done. */
-void fast_tts_run_parallel(job_fn fn, void *arg, int threads) {
+void fast_tts_run_parallel(fast_tts_job_fn fn, void *arg, int threads) {
     static pthread_once_t fork_handler = PTHREAD_ONCE_INIT;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads <= 1) {

@@ -8,13 +8,16 @@
  * needs a horizontal sum. Up to 8 activation rows share each weight load; more rows take further passes over a
  * tile that is by then in cache. Tiles are shared out over the threads of pool.c.
  *
- * Built at run time by fast_tts/backends/native/__init__.py and called through ctypes.
  */
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
-#define TILE 32
+#include "fast_tts_kernels.h"
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+
+#define TILE FAST_TTS_TILE
 #define MAX_ROWS 8
 
 /* Reorder a row-major (n, k) bf16 weight into the tiled layout above; n % 32 == 0 and k % 2 == 0. */
@@ -87,9 +90,6 @@ void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const
         }
     }
 }
-
-typedef void (*job_fn)(void *arg, int thread, int threads);
-void fast_tts_run_parallel(job_fn fn, void *arg, int threads); /* pool.c */
 
 typedef struct {
     const uint16_t *x, *packed;

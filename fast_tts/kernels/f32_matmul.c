@@ -11,11 +11,12 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define TILE 32
-#define MAX_ROWS 8
+#include "fast_tts_kernels.h"
 
-typedef void (*job_fn)(void *arg, int thread, int threads);
-void fast_tts_run_parallel(job_fn fn, void *arg, int threads); /* pool.c */
+#pragma GCC target("avx512f")
+
+#define TILE FAST_TTS_TILE
+#define MAX_ROWS 8
 
 /* Reorder a row-major (n, k) float32 weight into the tiled layout above; n % 32 == 0. */
 void fast_tts_pack_f32(const float *weight, float *packed, int64_t n, int64_t k) {

@@ -17,9 +17,12 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "fast_tts_kernels.h"
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+
 #define LANES 16
-#define MAX_HEAD_DIM 256 /* the caller checks; real models use 64 or 128 */
-#define MAX_CHUNKS (MAX_HEAD_DIM / LANES)
+#define MAX_CHUNKS (FAST_TTS_MAX_HEAD_DIM / LANES) /* the caller checks the head size */
 
 static inline __mmask16 tail_mask(int64_t remaining) {
     return remaining >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << remaining) - 1u);
@@ -180,15 +183,6 @@ static void add_bf16(uint16_t *hidden, const uint16_t *delta, int64_t n) {
     }
 }
 
-/* Defined in bf16_matmul.c: tiles first..last-1 of one matmul. */
-void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
-                                int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
-
-/* Defined in pool.c: run fn(arg, i, threads) for i = 0..threads-1 on the pool, i = 0 on the caller. */
-typedef void (*job_fn)(void *arg, int thread, int threads);
-void fast_tts_run_parallel(job_fn fn, void *arg, int threads);
-void fast_tts_wait_a_little(int *spins);
-
 typedef struct {
     atomic_int arrived, phase;
 } step_barrier;
@@ -212,97 +206,68 @@ static inline void share(int64_t n, int id, int threads, int64_t *first, int64_t
     *last = n * (id + 1) / threads;
 }
 
-/* One decoder layer's weights (packed by fast_tts_pack_bf16; biases float32 or NULL) and its cache. */
 typedef struct {
-    const uint16_t *input_norm, *post_norm;
-    const uint16_t *qkv, *o, *gate_up, *down;
-    const float *qkv_bias, *o_bias, *gate_up_bias, *down_bias;
-    uint16_t *k_cache, *v_cache;
-} fast_tts_layer;
-
-/* Work buffers of one step, sized for `batch` rows (scores: batch * heads * max_seq floats). */
-typedef struct {
-    uint16_t *normed, *qkv, *attended, *projected, *gate_up, *activated;
-    float *q, *scores;
-} fast_tts_step_buffers;
-
-typedef struct {
-    const fast_tts_layer *layers;
-    int64_t n_layers;
-    const uint16_t *final_norm;
-    uint16_t *hidden, *out;
-    const uint16_t *cos, *sin;
-    const int64_t *rows, *positions;
-    const fast_tts_step_buffers *buf;
-    int64_t batch, hidden_size, inner, heads, kv_heads, head_dim, max_seq;
-    float eps, scale;
+    const fast_tts_decode_args *args;
     step_barrier barrier;
 } step_job;
 
 static void matmul_share(const uint16_t *x, const uint16_t *packed, const float *bias, uint16_t *y, int64_t m,
                          int64_t n, int64_t k, int id, int threads) {
     int64_t first, last;
-    share(n / 32, id, threads, &first, &last);
+    share(n / FAST_TTS_TILE, id, threads, &first, &last);
     fast_tts_matmul_tile_range(x, packed, bias, y, m, n, k, 0, first, last);
 }
 
 static void step_thread(void *arg, int id, int threads) {
     step_job *job = arg;
-    const fast_tts_step_buffers *buf = job->buf;
-    int64_t batch = job->batch, hs = job->hidden_size, heads = job->heads, kv = job->kv_heads, hd = job->head_dim;
+    const fast_tts_decode_args *a = job->args;
+    const fast_tts_step_buffers *buf = a->buffers;
+    int64_t batch = a->batch, hs = a->hidden_size, heads = a->heads, kv = a->kv_heads, hd = a->head_dim;
     int64_t qkv_width = (heads + 2 * kv) * hd, first, last;
     int phase = 0;
-    for (int64_t i = 0; i < job->n_layers; i++) {
-        const fast_tts_layer *layer = job->layers + i;
+    for (int64_t i = 0; i < a->n_layers; i++) {
+        const fast_tts_layer *layer = a->layers + i;
         if (id == 0) {
-            if (i > 0) add_bf16(job->hidden, buf->projected, batch * hs); /* the previous layer's MLP residual */
-            rms_norm(job->hidden, layer->input_norm, buf->normed, batch, hs, job->eps);
+            if (i > 0) add_bf16(a->hidden, buf->projected, batch * hs); /* the previous layer's MLP residual */
+            rms_norm(a->hidden, layer->input_norm, buf->normed, batch, hs, a->eps);
         }
         barrier_wait(&job->barrier, threads, &phase);
         matmul_share(buf->normed, layer->qkv, layer->qkv_bias, buf->qkv, batch, qkv_width, hs, id, threads);
         barrier_wait(&job->barrier, threads, &phase);
         if (id == 0)
-            rope_store(buf->qkv, job->cos, job->sin, buf->q, layer->k_cache, layer->v_cache, job->rows,
-                       job->positions, batch, heads, kv, hd, job->max_seq);
+            rope_store(buf->qkv, a->cos, a->sin, buf->q, layer->k_cache, layer->v_cache, a->rows, a->positions, batch,
+                       heads, kv, hd, a->max_seq);
         barrier_wait(&job->barrier, threads, &phase);
         share(batch * heads, id, threads, &first, &last);
         for (int64_t task = first; task < last; task++)
-            attend_one(buf->q, layer->k_cache, layer->v_cache, job->rows, job->positions, buf->attended,
-                       buf->scores + task * job->max_seq, task, heads, kv, hd, job->max_seq, job->scale);
+            attend_one(buf->q, layer->k_cache, layer->v_cache, a->rows, a->positions, buf->attended,
+                       buf->scores + task * a->max_seq, task, heads, kv, hd, a->max_seq, a->scale);
         barrier_wait(&job->barrier, threads, &phase);
         matmul_share(buf->attended, layer->o, layer->o_bias, buf->projected, batch, hs, heads * hd, id, threads);
         barrier_wait(&job->barrier, threads, &phase);
         if (id == 0) {
-            add_bf16(job->hidden, buf->projected, batch * hs);
-            rms_norm(job->hidden, layer->post_norm, buf->normed, batch, hs, job->eps);
+            add_bf16(a->hidden, buf->projected, batch * hs);
+            rms_norm(a->hidden, layer->post_norm, buf->normed, batch, hs, a->eps);
         }
         barrier_wait(&job->barrier, threads, &phase);
-        matmul_share(buf->normed, layer->gate_up, layer->gate_up_bias, buf->gate_up, batch, 2 * job->inner, hs, id,
+        matmul_share(buf->normed, layer->gate_up, layer->gate_up_bias, buf->gate_up, batch, 2 * a->inner, hs, id,
                      threads);
         barrier_wait(&job->barrier, threads, &phase);
         share(batch, id, threads, &first, &last);
-        silu_mul(buf->gate_up + first * 2 * job->inner, buf->activated + first * job->inner, last - first, job->inner);
+        silu_mul(buf->gate_up + first * 2 * a->inner, buf->activated + first * a->inner, last - first, a->inner);
         barrier_wait(&job->barrier, threads, &phase);
-        matmul_share(buf->activated, layer->down, layer->down_bias, buf->projected, batch, hs, job->inner, id,
-                     threads);
+        matmul_share(buf->activated, layer->down, layer->down_bias, buf->projected, batch, hs, a->inner, id, threads);
         barrier_wait(&job->barrier, threads, &phase);
     }
     if (id == 0) {
-        if (job->n_layers > 0) add_bf16(job->hidden, buf->projected, batch * hs);
-        rms_norm(job->hidden, job->final_norm, job->out, batch, hs, job->eps);
+        if (a->n_layers > 0) add_bf16(a->hidden, buf->projected, batch * hs);
+        rms_norm(a->hidden, a->final_norm, a->out, batch, hs, a->eps);
     }
 }
 
 /* A whole decode step through every layer and the final norm: the matmuls, attention and SwiGLU are shared out
- * over `threads` pool threads, the norms, rotary embedding and residual adds run on the caller's. `hidden`
- * (batch, hidden_size) is the input and is overwritten by the residual stream; `out` receives the final-norm
- * hidden states. */
-void fast_tts_decode_step(const fast_tts_layer *layers, int64_t n_layers, const uint16_t *final_norm,
-                          uint16_t *hidden, uint16_t *out, const uint16_t *cos, const uint16_t *sin,
-                          const int64_t *rows, const int64_t *positions, const fast_tts_step_buffers *buf,
-                          int64_t batch, int64_t hidden_size, int64_t inner, int64_t heads, int64_t kv_heads,
-                          int64_t head_dim, int64_t max_seq, float eps, float scale, int threads) {
-    step_job job = {layers, n_layers, final_norm, hidden, out, cos, sin, rows, positions, buf, batch, hidden_size,
-                    inner, heads, kv_heads, head_dim, max_seq, eps, scale, {0, 0}};
-    fast_tts_run_parallel(step_thread, &job, threads);
+ * over `args->threads` pool threads, the norms, rotary embedding and residual adds run on the caller's. */
+void fast_tts_decode_step(const fast_tts_decode_args *args) {
+    step_job job = {args, {0, 0}};
+    fast_tts_run_parallel(step_thread, &job, args->threads);
 }

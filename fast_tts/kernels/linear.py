@@ -1,22 +1,22 @@
 """CPU linear layers with weights reordered once for decode-sized matmuls.
 
 Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast the weights stream from memory.
-- on CPUs with AVX-512 BF16 and a C compiler: `TiledBF16Linear` (bf16 weights) and `TiledF32Linear` (float32) run
-  our kernels (`native/bf16_matmul.c`, `native/f32_matmul.c`), which read the weight at the memory read bandwidth
-  at batch 1 to 8 (oneDNN's prepacked paths reach about half of it);
+- where the native kernels run (see __init__.py): `TiledBF16Linear` (bf16 weights, AVX-512 BF16) and
+  `TiledF32Linear` (float32, AVX-512 F) read the weight at the memory read bandwidth at batch 1 to 8 (oneDNN's
+  prepacked paths reach about half of it);
 - otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback.
-The backend swaps each `nn.Linear` of the decoder once; each path is checked against `F.linear` on a probe first.
+`pack_linears` swaps each `nn.Linear` of a module once; each path is checked against `F.linear` on a probe first.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fast_tts.backends.native import bf16_kernels
-
-TILE = 32  # output rows per tile of the native layout
+from fast_tts.kernels import Native, native
 # a few rows times a weight this small finish on one thread before the pool's helpers would have woken up
 SMALL_WEIGHT_BYTES = 4 << 20
 
@@ -42,12 +42,13 @@ class _TiledLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        lib = bf16_kernels()
-        if lib is None or not tiled_layout_fits(linear):
+        lib = native()
+        if lib is None or not self.runs_on(lib) or not tiled_layout_fits(linear):
             raise ValueError("the native kernels are not available for this layer")
-        self._lib = lib
+        self._native: Native = lib
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.padded_features = -(-self.out_features // TILE) * TILE
+        tile = lib.lib.FAST_TTS_TILE
+        self.padded_features = -(-self.out_features // tile) * tile
         weight = torch.zeros(self.padded_features, self.in_features, dtype=self.dtype)
         weight[: self.out_features] = linear.weight.detach()
         self.packed = torch.empty_like(weight)
@@ -56,6 +57,11 @@ class _TiledLinear(nn.Module):
         if linear.bias is not None:
             self.bias = torch.zeros(self.padded_features)
             self.bias[: self.out_features] = linear.bias.detach().float()
+
+    @staticmethod
+    def runs_on(lib: Native) -> bool:
+        """True when this CPU can execute the layer's kernel."""
+        raise NotImplementedError
 
     def _pack(self, weight: torch.Tensor) -> None:
         raise NotImplementedError
@@ -78,7 +84,7 @@ class _TiledLinear(nn.Module):
 
 
 class TiledBF16Linear(_TiledLinear):
-    """bf16 `nn.Linear` on the AVX-512 BF16 kernel (`native/bf16_matmul.c`).
+    """bf16 `nn.Linear` on the AVX-512 BF16 kernel (`bf16_matmul.c`).
 
     `float_out=True` returns the float32 sums unrounded (for logits).
     """
@@ -89,18 +95,25 @@ class TiledBF16Linear(_TiledLinear):
         self.float_out = float_out
         super().__init__(linear)
 
+    @staticmethod
+    def runs_on(lib: Native) -> bool:
+        return lib.bf16
+
     def _pack(self, weight: torch.Tensor) -> None:
-        self._lib.fast_tts_pack_bf16(weight.data_ptr(), self.packed.data_ptr(), self.padded_features, self.in_features)
+        n = self._native
+        n.lib.fast_tts_pack_bf16(n.ptr(weight.data_ptr()), n.ptr(self.packed.data_ptr()), self.padded_features,
+                                 self.in_features)
 
     def _out_dtype(self) -> torch.dtype:
         return torch.float32 if self.float_out else torch.bfloat16
 
     def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
-        self._lib.fast_tts_matmul_bf16(
-            rows.data_ptr(),
-            self.packed.data_ptr(),
-            None if self.bias is None else self.bias.data_ptr(),
-            out.data_ptr(),
+        n = self._native
+        n.lib.fast_tts_matmul_bf16(
+            n.ptr(rows.data_ptr()),
+            n.ptr(self.packed.data_ptr()),
+            n.ptr(None if self.bias is None else self.bias.data_ptr()),
+            n.ptr(out.data_ptr()),
             rows.shape[0],
             self.padded_features,
             self.in_features,
@@ -110,19 +123,26 @@ class TiledBF16Linear(_TiledLinear):
 
 
 class TiledF32Linear(_TiledLinear):
-    """float32 `nn.Linear` on the AVX-512 kernel (`native/f32_matmul.c`): each output is a sequential float32 sum."""
+    """float32 `nn.Linear` on the AVX-512 kernel (`f32_matmul.c`): each output is a sequential float32 sum."""
 
     dtype = torch.float32
 
+    @staticmethod
+    def runs_on(lib: Native) -> bool:
+        return lib.float32
+
     def _pack(self, weight: torch.Tensor) -> None:
-        self._lib.fast_tts_pack_f32(weight.data_ptr(), self.packed.data_ptr(), self.padded_features, self.in_features)
+        n = self._native
+        n.lib.fast_tts_pack_f32(n.ptr(weight.data_ptr()), n.ptr(self.packed.data_ptr()), self.padded_features,
+                                self.in_features)
 
     def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
-        self._lib.fast_tts_matmul_f32(
-            rows.data_ptr(),
-            self.packed.data_ptr(),
-            None if self.bias is None else self.bias.data_ptr(),
-            out.data_ptr(),
+        n = self._native
+        n.lib.fast_tts_matmul_f32(
+            n.ptr(rows.data_ptr()),
+            n.ptr(self.packed.data_ptr()),
+            n.ptr(None if self.bias is None else self.bias.data_ptr()),
+            n.ptr(out.data_ptr()),
             rows.shape[0],
             self.padded_features,
             self.in_features,
@@ -138,8 +158,11 @@ def tiled_layout_fits(linear: nn.Linear) -> bool:
 def _matches_linear(make: type[nn.Module], dtype: torch.dtype) -> bool:
     """True when `make(linear)` builds here and matches `F.linear` on a probe (within float tolerance)."""
     try:
-        lin = nn.Linear(64, 96).to(dtype)
-        x = torch.randn(3, 2, 64, dtype=dtype)
+        g = torch.Generator().manual_seed(0)  # a private generator: probing leaves the global RNG alone
+        lin = torch.nn.utils.skip_init(nn.Linear, 64, 96, dtype=dtype)
+        nn.init.uniform_(lin.weight, -0.125, 0.125, generator=g)
+        nn.init.uniform_(lin.bias, -0.125, 0.125, generator=g)
+        x = torch.randn(3, 2, 64, generator=g).to(dtype)
         with torch.no_grad():
             got = make(lin)(x).float()
             want = F.linear(x.float(), lin.weight.float(), lin.bias.float())
@@ -152,13 +175,15 @@ def _matches_linear(make: type[nn.Module], dtype: torch.dtype) -> bool:
 TILED = {torch.bfloat16: TiledBF16Linear, torch.float32: TiledF32Linear}
 
 
+@functools.cache
 def native_available(dtype: torch.dtype) -> bool:
-    """True when the native kernel for `dtype` (bf16 or float32) builds here and matches `F.linear` on a probe."""
-    return dtype in TILED and bf16_kernels() is not None and _matches_linear(TILED[dtype], dtype)
+    """True when the native kernel for `dtype` (bf16 or float32) runs here and matches `F.linear` on a probe."""
+    lib = native()
+    return dtype in TILED and lib is not None and TILED[dtype].runs_on(lib) and _matches_linear(TILED[dtype], dtype)
 
 
 def native_bf16_available() -> bool:
-    """True when the native bf16 kernel builds here and matches `F.linear` on a probe."""
+    """True when the native bf16 kernel runs here and matches `F.linear` on a probe."""
     return native_available(torch.bfloat16)
 
 
@@ -169,13 +194,13 @@ def packing_available(dtype: torch.dtype) -> bool:
 
 def pack_linears(module: nn.Module) -> int:
     """Replace every `nn.Linear` under `module` by the fastest packed layer that fits, in place; returns how many."""
-    native = {dtype: native_available(dtype) for dtype in TILED}
+    usable = {dtype: native_available(dtype) for dtype in TILED}
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 dtype = child.weight.dtype
-                use_native = native.get(dtype, False) and tiled_layout_fits(child)
+                use_native = usable.get(dtype, False) and tiled_layout_fits(child)
                 setattr(parent, name, TILED[dtype](child) if use_native else PackedLinear(child))
                 swapped += 1
     return swapped

@@ -1,0 +1,149 @@
+"""A whole decode step of a bf16 Llama/Qwen2 decoder on CPU in one native call (`decode_ops.c`).
+
+A decode step (one new position per row) is, per layer, four matmuls and about fifty small tensor operations whose
+dispatch cost about a third of a batch-1 step. `DecodeStep` runs the same step as one call: the tiled bf16 matmuls,
+the norms, rotary embedding and cache write, attention over the bf16 cache, and SwiGLU, on the library's own thread
+pool, with work buffers reused across steps. It rounds to bf16 where the torch code of models/transformer.py does,
+so the two agree to bf16 rounding (tests/test_native_kernels.py). This file knows tensors and kernels, not models:
+the decoder describes itself with `DecoderShape` and one `DecodeLayer` per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fast_tts.kernels import Native, native
+from fast_tts.kernels.linear import TiledBF16Linear
+
+_BUFFERS = ("normed", "qkv", "attended", "projected", "gate_up", "activated", "q", "scores")
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """Sizes of a Llama/Qwen2 decoder, as the decode step needs them."""
+
+    hidden: int
+    inner: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+
+
+@dataclass(frozen=True)
+class DecodeLayer:
+    """One layer's bf16 norm weights, tiled linears (qkv fused, gate and up fused) and its bf16 cache
+    (max_rows, kv_heads, max_seq, head_dim)."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: TiledBF16Linear
+    o: TiledBF16Linear
+    gate_up: TiledBF16Linear
+    down: TiledBF16Linear
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+
+    @property
+    def linears(self) -> tuple[TiledBF16Linear, ...]:
+        return self.qkv, self.o, self.gate_up, self.down
+
+
+def fits(shape: DecoderShape, layers: Sequence[DecodeLayer], final_norm: torch.Tensor) -> bool:
+    """True when the step can run this decoder here: bf16 kernels on this CPU, unpadded tiled bf16 linears, bf16
+    norms and caches on CPU, and a head size and grouping the kernel handles."""
+    lib = native()
+    tensors = [final_norm] + [t for layer in layers for t in (layer.input_norm, layer.post_norm, layer.k_cache,
+                                                                layer.v_cache)]
+    return (
+        lib is not None
+        and lib.bf16
+        and all(
+            isinstance(m, TiledBF16Linear) and m.padded_features == m.out_features and not m.float_out
+            for layer in layers
+            for m in layer.linears
+        )
+        and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
+        and shape.head_dim <= lib.lib.FAST_TTS_MAX_HEAD_DIM
+        and shape.head_dim % 2 == 0
+        and shape.heads % shape.kv_heads == 0
+    )
+
+
+class DecodeStep:
+    """Runs decode steps of one decoder over its cache; build it only where `fits(...)` is True."""
+
+    def __init__(self, shape: DecoderShape, layers: Sequence[DecodeLayer], final_norm: torch.Tensor) -> None:
+        lib = native()
+        if lib is None or not fits(shape, layers, final_norm):
+            raise ValueError("the native decode step cannot run this decoder here")
+        self._native: Native = lib
+        self.shape = shape
+        self.max_seq = layers[0].k_cache.shape[2] if layers else 0
+        self._keep = (list(layers), final_norm.contiguous())  # the pointers below stay valid while these live
+        ffi = lib.ffi
+        self._layers = ffi.new("fast_tts_layer[]", len(layers))
+        for entry, layer in zip(self._layers, layers):
+            entry.input_norm = lib.ptr(layer.input_norm.data_ptr())
+            entry.post_norm = lib.ptr(layer.post_norm.data_ptr())
+            for name, linear in zip(("qkv", "o", "gate_up", "down"), layer.linears):
+                setattr(entry, name, lib.ptr(linear.packed.data_ptr()))
+                setattr(entry, f"{name}_bias", lib.ptr(None if linear.bias is None else linear.bias.data_ptr()))
+            entry.k_cache = lib.ptr(layer.k_cache.data_ptr())
+            entry.v_cache = lib.ptr(layer.v_cache.data_ptr())
+        self._args = ffi.new("fast_tts_decode_args *")
+        a = self._args
+        a.layers, a.n_layers, a.final_norm = self._layers, len(layers), lib.ptr(self._keep[1].data_ptr())
+        a.hidden_size, a.inner, a.heads = shape.hidden, shape.inner, shape.heads
+        a.kv_heads, a.head_dim, a.max_seq = shape.kv_heads, shape.head_dim, self.max_seq
+        a.eps, a.scale = shape.eps, 1.0 / math.sqrt(shape.head_dim)
+        self._buffers: dict[int, tuple[dict[str, torch.Tensor], object]] = {}
+
+    def _buffers_for(self, batch: int) -> object:
+        """Work buffers for `batch` rows (kept alive here; the step gets their pointers)."""
+        found = self._buffers.get(batch)
+        if found is None:
+            s = self.shape
+            bf16, f32 = torch.bfloat16, torch.float32
+            tensors = {
+                "normed": torch.empty(batch, s.hidden, dtype=bf16),
+                "qkv": torch.empty(batch, (s.heads + 2 * s.kv_heads) * s.head_dim, dtype=bf16),
+                "attended": torch.empty(batch, s.heads * s.head_dim, dtype=bf16),
+                "projected": torch.empty(batch, s.hidden, dtype=bf16),
+                "gate_up": torch.empty(batch, 2 * s.inner, dtype=bf16),
+                "activated": torch.empty(batch, s.inner, dtype=bf16),
+                "q": torch.empty(batch, s.heads, s.head_dim, dtype=f32),
+                "scores": torch.empty(batch * s.heads * self.max_seq, dtype=f32),
+            }
+            struct = self._native.ffi.new("fast_tts_step_buffers *")
+            for name in _BUFFERS:
+                setattr(struct, name, self._native.ptr(tensors[name].data_ptr()))
+            found = self._buffers[batch] = (tensors, struct)
+        return found[1]
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor,
+                 positions: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (B, H) bf16 for inputs `x` (B, H) at `positions` (B,) in cache `rows` (B,);
+        `cos` / `sin` (B, head_dim) are the rotary tables at those positions."""
+        batch = x.shape[0]
+        if batch and int(positions.max()) >= self.max_seq:
+            raise ValueError(f"position {int(positions.max())} is past the KV cache length {self.max_seq}")
+        lib = self._native
+        hidden = x.reshape(batch, self.shape.hidden).to(torch.bfloat16).clone()
+        out = torch.empty(batch, self.shape.hidden, dtype=torch.bfloat16)
+        cos = cos.to(torch.bfloat16).contiguous()
+        sin = sin.to(torch.bfloat16).contiguous()
+        rows = rows.to(torch.int64).contiguous()
+        positions = positions.to(torch.int64).contiguous()
+        a = self._args
+        a.hidden, a.out = lib.ptr(hidden.data_ptr()), lib.ptr(out.data_ptr())
+        a.cos, a.sin = lib.ptr(cos.data_ptr()), lib.ptr(sin.data_ptr())
+        a.rows, a.positions = lib.ptr(rows.data_ptr()), lib.ptr(positions.data_ptr())
+        a.buffers, a.batch, a.threads = self._buffers_for(batch), batch, torch.get_num_threads()
+        lib.lib.fast_tts_decode_step(a)
+        return out
