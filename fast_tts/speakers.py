@@ -170,16 +170,37 @@ class SpeakerStore:
         raise KeyError(name)
 
     def delete(self, name: str) -> bool:
-        """Remove a speaker and its previous generation; return whether it existed."""
+        """Remove a speaker and its previous generation; return whether it existed.
+
+        The previous generation goes first: a crash between the two unlinks leaves the current version (the speaker
+        as it was), never resurrects the older one.
+        """
         validate_name(name)
         existed = False
         with self._locked(exclusive=True):
-            for path in (self._current(name), self._previous(name)):
+            for path in (self._previous(name), self._current(name)):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                     existed = True
             self._fsync_dir(self.directory)
         return existed
+
+    def stamp(self, name: str) -> tuple[Any, ...] | None:
+        """A cheap token that changes whenever `name` is saved or deleted (by any process); None if it is absent.
+
+        Built from the inode, size and modification time of both generations' files, so a cache holding a speaker
+        can tell, with two stat calls and no read, that another process (another server replica) changed it.
+        """
+        validate_name(name)
+        parts: list[Any] = []
+        for path in (self._current(name), self._previous(name)):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                parts.append(None)
+            else:
+                parts.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return None if parts == [None, None] else tuple(parts)
 
     def names(self) -> list[str]:
         """Sorted names of stored speakers (a speaker whose current file is torn still counts via its previous one)."""

@@ -155,6 +155,7 @@ class AsyncEngine(ABC):
         self._cancelled = 0
         self._closed = False
         self._speakers: dict[str, Voice] = {}
+        self._speaker_stamps: dict[str, Any] = {}  # store stamp of each cached speaker when it was loaded or saved
         self._speaker_edits: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self.store = SpeakerStore(speakers_dir) if speakers_dir is not None else None
 
@@ -247,24 +248,40 @@ class AsyncEngine(ABC):
             name = self.default_voice
         if not isinstance(name, str):
             raise InvalidInputError("voice name must be a string", field="voice")
-        if name in self._speakers:
-            return self._speakers[name]
+        cached = self._cached_speaker(name)
+        if cached is not None:
+            return cached
         if name in self._builtin_voices():
             return self._builtin_voice(name)
         if self.store is not None:
             async with self._speaker_lock():  # not interleaved with an add or delete of the same speaker
-                if name in self._speakers:
-                    return self._speakers[name]
+                cached = self._cached_speaker(name)
+                if cached is not None:
+                    return cached
                 try:
                     validate_name(name)
+                    stamp = self.store.stamp(name)  # taken before the load: a change during it reloads on next use
                     arrays, meta = await self._run(self.store.load, name)
                 except (KeyError, InvalidInputError):
                     pass
                 else:
                     voice = self._speaker_voice(name, arrays, meta)
                     self._speakers[name] = voice
+                    self._speaker_stamps[name] = stamp
                     return voice
         raise UnknownVoiceError(name, self.list_speakers())
+
+    def _cached_speaker(self, name: str) -> Voice | None:
+        """The in-memory speaker `name`, unless the store changed it since (other processes, such as the other
+        replicas of a server, may share the store): a stale entry is dropped, so the caller loads the store's."""
+        voice = self._speakers.get(name)
+        if voice is None or self.store is None:
+            return voice
+        if self.store.stamp(name) == self._speaker_stamps.get(name):
+            return voice
+        self._speakers.pop(name, None)
+        self._speaker_stamps.pop(name, None)
+        return None
 
     def _speaker_lock(self) -> asyncio.Lock:
         """The lock that orders speaker adds, deletes and store loads (one per event loop, like the slots)."""
@@ -276,9 +293,7 @@ class AsyncEngine(ABC):
     def list_speakers(self) -> list[str]:
         """Built-in voices first, then custom speakers (from memory and the speaker store)."""
         self._check_open()
-        custom = set(self._speakers)
-        if self.store is not None:
-            custom |= set(self.store.names())
+        custom = set(self.store.names()) if self.store is not None else set(self._speakers)  # the store is the truth
         builtin = self._builtin_voices()
         return builtin + sorted(custom - set(builtin))
 
@@ -454,6 +469,7 @@ class AsyncEngine(ABC):
         async with self._speaker_lock():  # memory and store change together: the last add or delete wins in both
             if self.store is not None:
                 await self._run(self.store.save, name, arrays, {**meta, "family": self.family})
+                self._speaker_stamps[name] = self.store.stamp(name)
             self._speakers[name] = voice
 
     async def delete_speaker(self, name: str) -> None:
@@ -464,6 +480,7 @@ class AsyncEngine(ABC):
             raise InvalidInputError(f"{name!r} is a built-in voice and cannot be deleted", field="name")
         async with self._speaker_lock():
             existed = self._speakers.pop(name, None) is not None
+            self._speaker_stamps.pop(name, None)
             if self.store is not None:
                 existed = await self._run(self.store.delete, name) or existed
         if not existed:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -29,10 +30,42 @@ _BODY_PARAMS = {
 }
 
 
-def create_app(engine_factory: Callable[[], Any], config: ServerConfig | None = None) -> FastAPI:
+@dataclass
+class Replica:
+    """How one replica of a scaled-out server (fast_tts.server.ray_serve) differs from a lone server."""
+
+    name: str  # its `replica` label on metrics and its X-Fast-TTS-Replica response header
+    running: Callable[[ServerState], AsyncContextManager[None]]  # held while it serves (publishes its metrics)
+    metrics: Callable[[ServerState], Awaitable[bytes]]  # what /metrics answers: every replica's, plus the platform's
+
+
+class _ReplicaHeader:
+    """Name the answering replica in an X-Fast-TTS-Replica header on every response."""
+
+    def __init__(self, app: Any, name: str) -> None:
+        self.app = app
+        self.header = (b"x-fast-tts-replica", name.encode())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named_send)
+
+
+def create_app(
+    engine_factory: Callable[[], Any], config: ServerConfig | None = None, replica: Replica | None = None
+) -> FastAPI:
     """An app that builds its engine at startup (inside the server's event loop) and shuts it down at exit."""
     config = config or ServerConfig()
-    metrics = ServerMetrics(engine_stats=lambda: app.state.tts.engine.stats())
+    labels = {"replica": replica.name} if replica is not None else None
+    metrics = ServerMetrics(engine_stats=lambda: app.state.tts.engine.stats(), labels=labels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,10 +73,17 @@ def create_app(engine_factory: Callable[[], Any], config: ServerConfig | None = 
         if inspect.isawaitable(engine):
             engine = await engine
         gate = AdmissionGate(config.max_concurrency, config.max_queue, config.queue_timeout_s, metrics)
-        app.state.tts = ServerState(engine=engine, config=config, metrics=metrics, gate=gate)
+        state = ServerState(engine=engine, config=config, metrics=metrics, gate=gate)
+        if replica is not None:
+            state.render_metrics = lambda: replica.metrics(state)
+        app.state.tts = state
         log.info("serving %s (%s Hz, default voice %s)", engine.family, engine.sample_rate, engine.default_voice)
         try:
-            yield
+            if replica is None:
+                yield
+            else:
+                async with replica.running(state):
+                    yield
         finally:
             await engine.shutdown()
 
@@ -59,4 +99,6 @@ def create_app(engine_factory: Callable[[], Any], config: ServerConfig | None = 
                        params=_BODY_PARAMS)
     app.add_middleware(AuthMiddleware, api_key=config.api_key)
     app.add_middleware(StatusMiddleware, metrics=metrics)
+    if replica is not None:
+        app.add_middleware(_ReplicaHeader, name=replica.name)
     return app

@@ -36,7 +36,70 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream-lead", type=float, default=0.0, metavar="SECONDS",
                         help="pace streams to stay at most this much audio ahead of real time (0: as fast as "
                              "possible); under load the CPU then goes to other requests' first audio")
+    parser.add_argument("--max-audio-seconds", type=float, default=300.0,
+                        help="longest uploaded reference audio, decoded (refused while decoding past it)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ray = parser.add_argument_group("scale out on Ray Serve (pip install 'fast-tts[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve with Ray Serve: replicas that each hold an engine, behind Serve's HTTP proxy "
+                          "on --host/--port")
+    ray.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                     help="scale between MIN and MAX replicas on the requests each replica has in hand")
+    ray.add_argument("--target-ongoing", type=float, default=None, metavar="N",
+                     help="with --autoscale: requests per replica to aim for (default: --max-concurrency)")
+    ray.add_argument("--scale-delays", default="10:120", metavar="UP:DOWN",
+                     help="with --autoscale: seconds load must stay high before adding a replica, and low before "
+                          "removing one (default 10:120)")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="join this Ray cluster (host:port of its head); default: start a local Ray instance "
+                          "bound to 127.0.0.1")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves for each replica")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs Ray reserves for each replica")
+
+
+class _OptionsParser(argparse.ArgumentParser):
+    """A parser for serve options that come from a file or another process: mistakes raise ValueError."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = _OptionsParser(prog="fast-tts serve", add_help=False)
+    add_serve_arguments(parser)
+    return parser
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The serve flags in `args` as a plain dict (JSON-safe), for the replicas of a scaled-out server."""
+    names = {action.dest for action in _serve_parser()._actions}
+    return {key: value for key, value in vars(args).items() if key in names}
+
+
+def parse_serve_options(options: dict[str, Any]) -> argparse.Namespace:
+    """Flags given as a dict ({"model": "/m", "replicas": 2, "allow_url_audio": true}) parsed like the command line;
+    ValueError names an unknown or malformed one."""
+    parser = _serve_parser()
+    actions = {action.dest: action for action in parser._actions}
+    argv: list[str] = []
+    for key, value in options.items():
+        action = actions.get(key)
+        if action is None or not action.option_strings:
+            raise ValueError(f"unknown serve option {key!r}")
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ValueError(f"serve option {key!r} must be true or false")
+            argv += [flag] if value else []
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -53,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         openai_pcm_rate=args.openai_pcm_rate or None,
         stream_lead_s=max(0.0, args.stream_lead),
         voice_aliases=parse_aliases(args.voice_alias),
+        max_audio_seconds=args.max_audio_seconds,
     )
 
 
@@ -62,7 +126,7 @@ def default_speakers_dir() -> Path:
     return Path(base) / "fast-tts" / "speakers"
 
 
-def _engine_factory(args: argparse.Namespace) -> Any:
+def engine_factory(args: argparse.Namespace) -> Any:
     """Build the engine inside uvicorn's event loop (engines may bind loop resources at construction)."""
 
     def build() -> Any:
@@ -79,17 +143,28 @@ def _engine_factory(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; returns the exit status."""
-    import uvicorn
-
-    from fast_tts.server.app import create_app
-
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
     except ValueError as exc:
         logging.getLogger("fast_tts.server").error("%s", exc)
         return 2
-    app = create_app(_engine_factory(args), config)
+    if args.ray:
+        from fast_tts.server.ray_proxy import prepare_ray_environment
+
+        prepare_ray_environment(args.ray_address)
+        try:
+            from fast_tts.server.ray_serve import run_on_ray
+        except ImportError as exc:
+            logging.getLogger("fast_tts.server").error(
+                "--ray needs Ray Serve: pip install 'fast-tts[ray]' (%s)", exc)
+            return 2
+        return run_on_ray(args)
+    import uvicorn
+
+    from fast_tts.server.app import create_app
+
+    app = create_app(engine_factory(args), config)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
         timeout_graceful_shutdown=5, lifespan="on",

@@ -25,6 +25,7 @@ class ServerConfig:
     openai_pcm_rate: int | None = 24000  # None: pcm at the engine's own rate
     stream_lead_s: float = 0.0  # > 0: streams stay at most this much audio ahead of real time (frees CPU under load)
     voice_aliases: dict[str, str] = field(default_factory=dict)
+    max_audio_seconds: float = 300.0  # longest uploaded audio once decoded (a tiny file can decode to hours)
 
     @property
     def max_upload_bytes(self) -> int:

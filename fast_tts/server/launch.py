@@ -27,8 +27,16 @@ def free_port() -> int:
 class ServerProcess:
     """A running server child; `stop()` (or leaving the `with` block) terminates it and reaps it."""
 
-    def __init__(self, args: Sequence[str] = (), api_key: str | None = None, timeout_s: float = 90.0) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        api_key: str | None = None,
+        timeout_s: float = 90.0,
+        port: int | None = None,
+        stop_timeout_s: float = 15.0,
+    ) -> None:
+        self.port = port or free_port()
+        self.stop_timeout_s = stop_timeout_s
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = Path(tempfile.mkstemp(prefix="fast-tts-server-", suffix=".log")[1])
@@ -70,7 +78,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

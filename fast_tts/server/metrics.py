@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+# What /metrics answers with (the Prometheus text exposition format).
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 _TTFA_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 4.0, 8.0, 15.0, 30.0)
 _RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0)
@@ -29,11 +34,57 @@ class _EngineStats:
                 yield GaugeMetricFamily(f"fast_tts_engine_{key}", f"engine.stats()['{key}']", value=float(value))
 
 
-class ServerMetrics:
-    """All metrics live in a registry of their own, so several apps in one process do not collide."""
+class _Families:
+    """A collector that yields given metric families (to render parsed or relabelled metrics again)."""
 
-    def __init__(self, engine_stats: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, as they are now."""
+        yield from self._families()
+
+
+def _with_labels(families: Iterable[Metric], labels: dict[str, str]) -> Iterator[Metric]:
+    """The same families with `labels` added to every sample."""
+    for family in families:
+        labelled = Metric(family.name, family.documentation, family.type, family.unit)
+        for sample in family.samples:
+            labelled.add_sample(sample.name, {**labels, **sample.labels}, sample.value, sample.timestamp,
+                                sample.exemplar)
+        yield labelled
+
+
+def merge_exposition(texts: Iterable[bytes | str]) -> bytes:
+    """Several Prometheus text expositions as one: the samples of families with the same name are put together.
+
+    For a server made of replicas: each replica's text carries its own `replica` label, so no sample collides.
+    """
+    merged: dict[str, Metric] = {}
+    for text in texts:
+        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        for family in text_string_to_metric_families(raw):
+            into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            into.samples.extend(family.samples)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(lambda: merged.values()))
+    return generate_latest(registry)
+
+
+class ServerMetrics:
+    """All metrics live in a registry of their own, so several apps in one process do not collide.
+
+    `labels` are added to every sample on output (a replica of a scaled-out server sets `replica`).
+    """
+
+    def __init__(
+        self, engine_stats: Callable[[], dict[str, Any]] | None = None, labels: dict[str, str] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
+        self._exposed = self.registry
+        if labels:
+            self._exposed = CollectorRegistry(auto_describe=False)
+            self._exposed.register(_Families(lambda: _with_labels(self.registry.collect(), labels)))
         r = self.registry
         self.requests = Counter(
             "fast_tts_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -60,7 +111,7 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         """The text exposition format."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 class StatusMiddleware:
@@ -86,3 +137,4 @@ class StatusMiddleware:
             await send(message)
 
         await self.app(scope, receive, counting_send)
+

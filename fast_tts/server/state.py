@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import Request
 
@@ -26,6 +26,14 @@ class ServerState:
     # Serialises speaker create/delete: check-then-act over HTTP stays atomic, and a delete cannot land between an
     # add's file write and its in-memory registration inside the engine.
     speaker_writes: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What GET /metrics answers; a replica of a scaled-out server replaces it with the view over all replicas.
+    render_metrics: Callable[[], Awaitable[bytes]] | None = None
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus text /metrics answers with."""
+        if self.render_metrics is not None:
+            return await self.render_metrics()
+        return self.metrics.render()
 
     @property
     def model_id(self) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ConfigDict, Field
 
 from fast_tts.errors import FastTTSError
+from fast_tts.server.metrics import PROMETHEUS_TEXT
 from fast_tts.server.problems import ApiError, from_engine_error
 from fast_tts.server.routes.common import require_json
 from fast_tts.server.schemas import AudioFormat, EngineParams, SpeakRequest
@@ -99,5 +100,5 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
 @router.get("/metrics")
 async def metrics(state: ServerState = Depends(get_state)) -> Response:
     """Prometheus text format."""
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(await state.metrics_text(), media_type=PROMETHEUS_TEXT)
 
