@@ -125,7 +125,7 @@ def running_replicas() -> int:
 
 def speak(server: ServerProcess, text: str = "Hi.", **fields: Any) -> httpx.Response:
     body = {"text": text, "stream": False, **fields}
-    return httpx.post(f"{server.url}/api/speak", json=body, timeout=120)
+    return httpx.post(f"{server.url}/api/speak", json=body, timeout=300)
 
 
 def speak_on(server: ServerProcess, replica: str, **fields: Any) -> httpx.Response:
@@ -260,23 +260,23 @@ def test_replica_killed_mid_stream(two: ServerProcess) -> None:
     before = replica_actors()
 
     def whole(i: int) -> httpx.Response:  # not streamed: answered only once made, so never cut
-        return httpx.post(f"{two.url}/api/speak", json={"text": LONG_TEXT[: 900 + 40 * i], "stream": False},
-                          timeout=240)
+        return httpx.post(f"{two.url}/api/speak", json={"text": LONG_TEXT[: 250 + 20 * i], "stream": False},
+                          timeout=300)
 
     queued = []
-    with httpx.Client(timeout=240) as http, ThreadPoolExecutor(24) as pool:
+    with httpx.Client(timeout=300) as http, ThreadPoolExecutor(24) as pool:
         with http.stream("POST", f"{two.url}/api/speak", json={"text": LONG_TEXT, "response_format": "pcm"}) as cut:
             victim = cut.headers["x-fast-tts-replica"]
             survivor = next(r for r in before if r != victim)
             pieces = cut.iter_bytes(4096)
             received = len(next(pieces))
             for wave in range(4):  # until the victim holds requests besides this stream (Serve spreads them)
-                queued += [pool.submit(whole, i) for i in range(5)]
+                queued += [pool.submit(whole, i) for i in range(4)]
                 time.sleep(1.0)
                 if ongoing(victim, before) >= 3:
                     break
-            assert ongoing(victim, before) >= 2, "Serve sent the victim none of 20 requests"
-            kept = pool.submit(lambda: speak_on(two, survivor, text=LONG_TEXT[:1500], response_format="pcm"))
+            assert ongoing(victim, before) >= 2, "Serve sent the victim none of 16 requests"
+            kept = pool.submit(lambda: speak_on(two, survivor, text=LONG_TEXT[:1000], response_format="pcm"))
             while received < 64_000:
                 received += len(next(pieces))
             ray.kill(ray.get_actor(before[victim], namespace="serve"), no_restart=True)
@@ -289,7 +289,7 @@ def test_replica_killed_mid_stream(two: ServerProcess) -> None:
         survivor_answer = kept.result()
         answers = [f.result() for f in queued]
     assert error_after_s < 5.0, error_after_s
-    assert survivor_answer.status_code == 200 and len(survivor_answer.content) > 22050 * 2 * 20
+    assert survivor_answer.status_code == 200 and len(survivor_answer.content) > 22050 * 2 * 15
     assert all(a.status_code == 200 for a in during), [(a.status_code, a.text[:300]) for a in during]
     for answer in answers:  # each request is done by a live replica, or refused with 503 + Retry-After
         assert answer.status_code in (200, 503), (answer.status_code, answer.text[:200])
@@ -311,7 +311,7 @@ def test_autoscaling_adds_a_replica_under_a_burst_and_removes_it_after(servers: 
     assert running_replicas() == 1
     seen = []
     with ThreadPoolExecutor(8) as pool:
-        burst = [pool.submit(speak, server, LONG_TEXT[:900]) for _ in range(16)]
+        burst = [pool.submit(speak, server, LONG_TEXT[:500]) for _ in range(8)]
         _wait_for(lambda: running_replicas() == 2, 120.0, "a second replica under the burst")
         seen = [f.result() for f in burst]
     assert all(a.status_code == 200 for a in seen), [a.status_code for a in seen]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 from fast_tts import __version__
@@ -59,6 +60,22 @@ class _ReplicaHeader:
         await self.app(scope, receive, named_send)
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without the validation-error body it adds on its own: every error here is ErrorResponse."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                for status, response in list(responses.items()):
+                    if "HTTPValidationError" in str(response.get("content", {})):
+                        del responses[status]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(
     engine_factory: Callable[[], Any], config: ServerConfig | None = None, replica: Replica | None = None
 ) -> FastAPI:
@@ -94,6 +111,7 @@ def create_app(
     app.include_router(speakers.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # add_middleware puts each new one outside the previous: the status counter sees 401s and 413s too.
     app.add_middleware(BodyLimitMiddleware, json_cap=config.max_json_bytes, multipart_cap=config.max_multipart_bytes,
                        params=_BODY_PARAMS)

@@ -59,12 +59,12 @@ def from_engine_error(exc: Exception) -> ApiError:
         return ApiError(404, str(exc), exc.field or "voice", "voice_not_found")
     if isinstance(exc, InvalidInputError):
         return ApiError(400, str(exc), exc.field, "invalid_value")
-    if isinstance(exc, UnsupportedOperationError):
-        return ApiError(501, str(exc), None, "unsupported_operation")
+    if isinstance(exc, UnsupportedOperationError):  # the request asks what the served model cannot do: 4xx, final
+        return ApiError(400, str(exc), None, "unsupported_operation")
     if isinstance(exc, EngineClosedError):
         return ApiError(503, str(exc), None, "engine_closed", "server_error", {"Retry-After": "5"})
-    if isinstance(exc, MissingDependencyError):
-        return ApiError(501, str(exc), None, "missing_dependency", "server_error")
+    if isinstance(exc, MissingDependencyError):  # this install cannot do what is asked; retrying will not help
+        return ApiError(400, str(exc), None, "missing_dependency")
     raise exc
 
 

@@ -11,7 +11,15 @@ from fast_tts.errors import FastTTSError
 from fast_tts.server.metrics import PROMETHEUS_TEXT
 from fast_tts.server.problems import ApiError, from_engine_error
 from fast_tts.server.routes.common import require_json
-from fast_tts.server.schemas import AudioFormat, EngineParams, SpeakRequest
+from fast_tts.server.schemas import (
+    AudioFormat,
+    EngineParams,
+    Health,
+    SpeakRequest,
+    audio_response,
+    error_responses,
+    multipart_body,
+)
 from fast_tts.server.state import ServerState, get_state
 from fast_tts.server.synthesis import stream_audio, whole_audio
 from fast_tts.server.uploads import parse_multipart, reference_audio_from_form, validate_form
@@ -19,7 +27,10 @@ from fast_tts.server.uploads import parse_multipart, reference_audio_from_form, 
 router = APIRouter()
 
 
-@router.post("/api/speak", dependencies=[Depends(require_json)])
+@router.post(
+    "/api/speak", dependencies=[Depends(require_json)], response_class=Response,
+    responses={**audio_response(), **error_responses(400, 401, 404, 413, 415, 422, 429, 503)},
+)
 async def speak(body: SpeakRequest, request: Request, state: ServerState = Depends(get_state)) -> Response:
     """Synthesize `text` with any engine parameters; streams unless `stream` is false."""
     text = state.check_text(body.text, "text")
@@ -44,19 +55,29 @@ class CloneForm(EngineParams):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: str = Field(examples=["Hello, world."])
     reference_text: str | None = Field(default=None, max_length=4096)
     reference_audio_url: str | None = Field(default=None, max_length=2048)
     response_format: AudioFormat = "wav"
     stream: bool = True
 
 
-@router.post("/api/clone")
+_CLONE_FILES = {
+    "reference_audio": "the voice to clone (wav, flac, mp3, ogg, m4a...)",
+    "reference_latent": "MegaTTS3 only: the clip's latent (.npy), when its checkpoint has no encoder",
+}
+
+
+@router.post(
+    "/api/clone", response_class=Response,
+    responses={**audio_response(), **error_responses(400, 401, 404, 413, 415, 422, 429, 503)},
+    openapi_extra=multipart_body(CloneForm, _CLONE_FILES, ("text",)),
+)
 async def clone(request: Request, state: ServerState = Depends(get_state)) -> Response:
     """Speak `text` in the voice of an uploaded reference clip (multipart: reference_audio, reference_text)."""
     engine = state.engine
     if not engine.can_clone:
-        raise ApiError(501, f"the served {engine.family} model cannot clone voices", "reference_audio",
+        raise ApiError(400, f"the served {engine.family} model cannot clone voices", "reference_audio",
                        "unsupported_operation")
     fields, files = await parse_multipart(request, state.config, ("reference_audio", "reference_latent"))
     form = validate_form(CloneForm, fields)
@@ -79,7 +100,7 @@ async def clone(request: Request, state: ServerState = Depends(get_state)) -> Re
     )
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health, responses=error_responses(401))
 async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     """Liveness plus what is served and how busy it is."""
     engine = state.engine
@@ -97,7 +118,11 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics", response_class=Response,
+    responses={200: {"description": "Prometheus text exposition format",
+                     "content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}}, **error_responses(401)},
+)
 async def metrics(state: ServerState = Depends(get_state)) -> Response:
     """Prometheus text format."""
     return Response(await state.metrics_text(), media_type=PROMETHEUS_TEXT)

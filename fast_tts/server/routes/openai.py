@@ -9,14 +9,17 @@ from fastapi import APIRouter, Depends, Request, Response
 from fast_tts.errors import FastTTSError
 from fast_tts.server.problems import from_engine_error
 from fast_tts.server.routes.common import require_json
-from fast_tts.server.schemas import SpeechRequest
+from fast_tts.server.schemas import ModelList, SpeechRequest, VoiceList, audio_response, error_responses
 from fast_tts.server.state import ServerState, get_state
 from fast_tts.server.synthesis import stream_audio, whole_audio
 
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/audio/speech", dependencies=[Depends(require_json)])
+@router.post(
+    "/audio/speech", dependencies=[Depends(require_json)], response_class=Response,
+    responses={**audio_response(event_stream=True), **error_responses(400, 401, 404, 413, 415, 429, 503)},
+)
 async def create_speech(body: SpeechRequest, request: Request, state: ServerState = Depends(get_state)) -> Response:
     """Synthesize `input`; streams chunked audio (or SSE events with stream_format=sse) as it is generated."""
     state.check_model(body.model)
@@ -42,7 +45,7 @@ async def create_speech(body: SpeechRequest, request: Request, state: ServerStat
     )
 
 
-@router.get("/models")
+@router.get("/models", response_model=ModelList, responses=error_responses(401))
 async def list_models(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     """The served model and its aliases, in OpenAI's list shape."""
     return {
@@ -51,7 +54,7 @@ async def list_models(state: ServerState = Depends(get_state)) -> dict[str, Any]
     }
 
 
-@router.get("/audio/voices")
+@router.get("/audio/voices", response_model=VoiceList, responses=error_responses(401))
 async def list_voices(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     """Voices a request may name: engine speakers first, then aliases (each with what it resolves to)."""
     voices = []

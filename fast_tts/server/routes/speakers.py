@@ -9,7 +9,14 @@ from fastapi.responses import JSONResponse
 
 from fast_tts.errors import FastTTSError, UnknownVoiceError
 from fast_tts.server.problems import ApiError, from_engine_error
-from fast_tts.server.schemas import SpeakerRequest
+from fast_tts.server.schemas import (
+    SpeakerCreated,
+    SpeakerDeleted,
+    SpeakerList,
+    SpeakerRequest,
+    error_responses,
+    multipart_body,
+)
 from fast_tts.server.state import ServerState, get_state
 from fast_tts.server.uploads import parse_multipart, reference_audio_from_form, validate_form
 from fast_tts.speakers import validate_name
@@ -23,13 +30,26 @@ class _SpeakerForm(SpeakerRequest):
     audio_url: str | None = None
 
 
-@router.get("")
+@router.get("", response_model=SpeakerList, responses=error_responses(401))
 async def list_speakers(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     """Saved speakers and the default voice."""
     return {"default": state.engine.default_voice, "speakers": sorted(state.engine.list_speakers())}
 
 
-@router.post("", status_code=201)
+_SPEAKER_FILES = {
+    "audio": "reference clip of the speaker's voice (families that clone)",
+    "latent": "MegaTTS3 only: the clip's latent (.npy), when its checkpoint has no encoder",
+}
+
+
+@router.post(
+    "", status_code=201, response_model=SpeakerCreated,
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": SpeakerRequest.model_json_schema()},
+        **multipart_body(_SpeakerForm, _SPEAKER_FILES, ("name",))["requestBody"]["content"],
+    }}},
+)
 async def create_speaker(
     request: Request, replace: bool = False, state: ServerState = Depends(get_state)
 ) -> JSONResponse:
@@ -66,7 +86,7 @@ async def create_speaker(
     return JSONResponse({"name": name}, status_code=201)
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", response_model=SpeakerDeleted, responses=error_responses(400, 401, 404))
 async def delete_speaker(name: str, state: ServerState = Depends(get_state)) -> dict[str, Any]:
     """Remove a saved speaker; 404 if there is none by that name."""
     try:
