@@ -156,3 +156,64 @@ def test_concurrent_processes_keep_store_consistent(tmp_path: Path) -> None:
         p.join(timeout=60)
         assert p.exitcode == 0
     _assert_store_consistent(tmp_path)
+
+
+def test_delete_interrupted_between_its_unlinks_keeps_the_current_version(tmp_path: Path, monkeypatch) -> None:
+    """A crash inside delete must not bring back the generation before the current one."""
+    store = SpeakerStore(tmp_path)
+    store.save("victim", *_record(1))
+    store.save("victim", *_record(2))  # current 2, previous 1
+    real_unlink = Path.unlink
+    calls: list[Path] = []
+
+    def dies_on_second(self: Path, missing_ok: bool = False) -> None:
+        calls.append(self)
+        if len(calls) == 2:
+            raise SystemExit("killed between the two unlinks")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", dies_on_second)
+    with pytest.raises(SystemExit):
+        store.delete("victim")
+    monkeypatch.undo()
+    arrays, meta = SpeakerStore(tmp_path).load("victim")
+    assert meta["value"] == 2  # the speaker as it was (not yet deleted), never the older generation
+    _check_consistent(arrays, meta)
+
+
+def test_stamp_changes_with_every_save_and_delete(tmp_path: Path) -> None:
+    store = SpeakerStore(tmp_path)
+    assert store.stamp("s") is None
+    stamps = set()
+    for value in range(4):
+        store.save("s", *_record(value))
+        stamps.add(store.stamp("s"))
+    assert len(stamps) == 4 and None not in stamps
+    assert SpeakerStore(tmp_path).stamp("s") == store.stamp("s")  # another process sees the same token
+    store.delete("s")
+    assert store.stamp("s") is None
+
+
+async def test_engines_sharing_a_store_see_each_others_changes(tmp_path: Path) -> None:
+    """Two engines on one store (two server replicas): a cached speaker follows replaces and deletes made by the
+    other engine."""
+    from fast_tts.engine.piper import AsyncPiperEngine
+    from fast_tts.errors import UnknownVoiceError
+
+    one = AsyncPiperEngine(speakers_dir=tmp_path, max_concurrency=1)
+    two = AsyncPiperEngine(speakers_dir=tmp_path, max_concurrency=1)
+    try:
+        text = "One two three four five six seven eight nine ten."
+        await one.add_speaker("pace", speed=2.0)
+        fast = await two.speak_async(text, "pace", seed=1)  # `two` loads and caches it
+        await one.add_speaker("pace", speed=0.5)
+        slow = await two.speak_async(text, "pace", seed=1)
+        assert len(slow) > 2 * len(fast)
+        assert "pace" in two.list_speakers()
+        await one.delete_speaker("pace")
+        assert "pace" not in two.list_speakers()
+        with pytest.raises(UnknownVoiceError):
+            await two.speak_async(text, "pace")
+    finally:
+        await one.shutdown()
+        await two.shutdown()

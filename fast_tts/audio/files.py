@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import BinaryIO, Union
 
 import av
 import numpy as np
@@ -32,21 +33,63 @@ def write_audio(
     return target
 
 
-def _read_soundfile(data: bytes | str) -> tuple[np.ndarray, int]:
+Source = Union[str, Path, bytes, BinaryIO]
+_MAX_RATE = 768_000  # no real recording is sampled faster; a header that says so would defeat the duration cap
+
+
+class AudioTooLongError(InvalidInputError):
+    """Decoding was stopped: the audio is longer than the caller's limit (a small file can decode to hours)."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"audio is longer than {limit_s:g} s once decoded (the limit)", field="audio")
+        self.limit_s = limit_s
+
+
+class _Budget:
+    """Counts decoded frames against a duration limit and stops the decoder as soon as it is passed."""
+
+    def __init__(self, max_seconds: float | None) -> None:
+        self.max_seconds = max_seconds
+        self.frames = 0
+
+    def check_rate(self, sr: int) -> None:
+        if self.max_seconds is not None and not 0 < sr <= _MAX_RATE:
+            raise InvalidInputError(f"audio declares an implausible sample rate ({sr} Hz)", field="audio")
+
+    def take(self, frames: int, sr: int) -> None:
+        self.frames += frames
+        if self.max_seconds is not None and self.frames > self.max_seconds * sr:
+            raise AudioTooLongError(self.max_seconds)
+
+
+def _opened(data: bytes | str | BinaryIO) -> str | BinaryIO:
+    if isinstance(data, bytes):
+        return io.BytesIO(data)
+    if not isinstance(data, str):
+        data.seek(0)
+    return data
+
+
+def _read_soundfile(data: bytes | str | BinaryIO, budget: _Budget) -> tuple[np.ndarray, int]:
     """Decode with libsndfile (wav, flac, ogg/opus/vorbis, mp3, aiff...): frames x channels float32."""
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with sf.SoundFile(src) as f:
+    with sf.SoundFile(_opened(data)) as f:
         sr = f.samplerate
-        blocks = [b for b in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
+        budget.check_rate(sr)
+        limit = budget.max_seconds
+        if limit is not None and 0 < f.frames < (1 << 62) and f.frames > limit * sr:  # the header's length says so:
+            raise AudioTooLongError(limit)  # refuse before decoding anything
+        blocks = []
+        for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+            budget.take(len(block), sr)  # headers can lie: count what is really decoded too
+            blocks.append(block)
     if not blocks:
         return np.zeros((0, 1), np.float32), sr
     return np.concatenate(blocks), sr
 
 
-def _read_av(data: bytes | str) -> tuple[np.ndarray, int]:
+def _read_av(data: bytes | str | BinaryIO, budget: _Budget) -> tuple[np.ndarray, int]:
     """Decode the first audio stream with PyAV (mp3, m4a/aac, ogg, webm...): frames x channels float32."""
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with av.open(src, "r") as container:
+    with av.open(_opened(data), "r") as container:
         if not container.streams.audio:
             raise ValueError("no audio stream")
         stream = container.streams.audio[0]
@@ -56,7 +99,9 @@ def _read_av(data: bytes | str) -> tuple[np.ndarray, int]:
         for frame in container.decode(stream):
             if resampler is None:
                 sr = frame.sample_rate
+                budget.check_rate(sr)
                 resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=sr)
+            budget.take(frame.samples, sr)
             planes.extend(f.to_ndarray() for f in resampler.resample(frame))
         if resampler is not None:
             planes.extend(f.to_ndarray() for f in resampler.resample(None))
@@ -72,8 +117,13 @@ def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or getattr(error, "error_string", None) or str(error)
 
 
-def read_audio(source: str | Path | bytes, target_sr: int | None = None) -> tuple[np.ndarray, int]:
-    """Decode an audio file or in-memory bytes to float32 mono (channels averaged), resampled if target_sr is set."""
+def read_audio(
+    source: Source, target_sr: int | None = None, *, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode an audio file, in-memory bytes or a binary file object to float32 mono (channels averaged), resampled
+    if target_sr is set. With `max_seconds`, decoding stops with AudioTooLongError as soon as the audio passes it
+    (before decoding anything when the header tells the length), so a tiny file that decodes to hours costs little.
+    """
     if target_sr is not None:
         target_sr = _check_rate(target_sr, "target_sr")
     if isinstance(source, (bytearray, memoryview)):
@@ -91,14 +141,21 @@ def read_audio(source: str | Path | bytes, target_sr: int | None = None) -> tupl
             raise InvalidInputError(f"audio file is empty: {str(path)!r}", field="audio")
         data = str(path)
         what = repr(str(path))
+    elif hasattr(source, "read") and hasattr(source, "seek"):
+        data = source
+        what = "the audio stream"
     else:
         raise InvalidInputError(f"audio must be a path or bytes, got {type(source).__name__}", field="audio")
 
     try:
-        frames, sr = _read_soundfile(data)
+        frames, sr = _read_soundfile(data, _Budget(max_seconds))
+    except InvalidInputError:  # too long, or an impossible rate: the file is readable, and refused
+        raise
     except Exception:  # libsndfile cannot read it (mp3 in old builds, m4a, aac...): try FFmpeg
         try:
-            frames, sr = _read_av(data)
+            frames, sr = _read_av(data, _Budget(max_seconds))
+        except InvalidInputError:
+            raise
         except Exception as av_error:
             raise InvalidInputError(
                 f"could not decode audio from {what}: not a supported audio file ({_reason(av_error)})",

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from fast_tts.audio import read_audio
+from fast_tts.audio.files import AudioTooLongError
 from fast_tts.errors import InvalidInputError
 from fast_tts.server.config import ServerConfig
 from fast_tts.server.problems import ApiError
@@ -88,8 +89,10 @@ async def reference_audio_from_form(
         if required:
             raise ApiError(400, f"{field} is required (a multipart file)", field, "missing_audio")
         return None
-    try:
-        audio, sample_rate = await asyncio.to_thread(read_audio, data)
+    try:  # decoding stops at the operator's cap: a small upload can decode to hours
+        audio, sample_rate = await asyncio.to_thread(read_audio, data, max_seconds=config.max_audio_seconds)
+    except AudioTooLongError as exc:
+        raise ApiError(413, f"{field}: {exc}", field, "audio_too_long") from None
     except InvalidInputError as exc:
         raise ApiError(400, f"{field} is not readable audio: {exc}", field, "invalid_audio") from None
     except Exception as exc:  # any decoder failure on user bytes is the user's 400, never our 500
