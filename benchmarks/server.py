@@ -6,6 +6,11 @@ Time to first audio = request sent -> first body byte received. RTF = request wa
 
     python benchmarks/server.py                 # c = 1,4,8,16, mp3
     python benchmarks/server.py --concurrency 1 8 --format pcm --json results.json
+    python benchmarks/server.py --ray           # one process vs Ray Serve with 1 and 2 replicas, c = 1,8,32
+
+--ray runs every setup on this machine's cores: with one machine it measures what Serve's proxy and routing cost,
+not scaling. It also kills a replica (Ray's API) and times Serve's replacement: until Serve reports the new replica
+running, and until it answers a request.
 """
 
 from __future__ import annotations
@@ -85,6 +90,89 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _level_row(setup: str, concurrency: int, samples: list[Sample], wall: float) -> dict:
+    ttfa = [s.ttfa_s for s in samples]
+    return {
+        "setup": setup, "concurrency": concurrency, "n": len(samples),
+        "ttfa_p50_ms": 1000 * statistics.median(ttfa), "ttfa_p95_ms": 1000 * _pct(ttfa, 0.95),
+        "requests_per_s": len(samples) / wall, "audio_s_per_s": sum(s.audio_s for s in samples) / wall,
+    }
+
+
+def _replacement_times(server: ServerProcess) -> dict:
+    """Kill one replica of a `--ray` server through Ray's API; seconds until Serve runs a new one, and until the
+    new one answers."""
+    import re
+
+    from fast_tts.server.ray_proxy import prepare_ray_environment
+
+    address = re.search(r"Ray at (\S+)\)", server.log()).group(1)
+    prepare_ray_environment(address)
+    import ray
+    from ray import serve
+
+    ray.init(address=address, log_to_driver=False)
+    prefix = "SERVE_REPLICA::fast-tts#FastTTS#"
+
+    def replicas() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+
+    def running() -> int:
+        return serve.status().applications["fast-tts"].deployments["FastTTS"].replica_states.get("RUNNING", 0)
+
+    try:
+        before = replicas()
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed = time.perf_counter()
+        while not (len(replicas() - before) == 1 and running() == len(before)):
+            time.sleep(0.05)
+        running_s = time.perf_counter() - killed
+        new = (replicas() - before).pop().rsplit("#", 1)[1]
+        while True:
+            answer = httpx.post(f"{server.url}/api/speak", json={"text": "Hi.", "stream": False}, timeout=60)
+            if answer.headers.get("x-fast-tts-replica") == new:
+                break
+        return {"replica_running_s": running_s, "new_replica_answered_s": time.perf_counter() - killed}
+    finally:
+        ray.shutdown()
+
+
+def ray_main(args: argparse.Namespace) -> int:
+    """One process vs Ray Serve with 1 and 2 replicas: first audio and requests/s per concurrency; replacement."""
+    levels = args.concurrency if args.concurrency != [1, 4, 8, 16] else [1, 8, 32]
+    common = ["--max-concurrency", str(max(levels)), "--max-queue", "256"]
+    setups = [("one process", []), ("Ray Serve, 1 replica", ["--ray", "--replicas", "1"]),
+              ("Ray Serve, 2 replicas", ["--ray", "--replicas", "2"])]
+    rows, replacement = [], {}
+    print(f"format={args.format}, streamed, {args.requests_per_worker} requests per worker, texts of ~100 characters")
+    print("same machine for every setup: the Ray rows show Serve's overhead, not scaling\n")
+    print("| setup | c | n | first audio p50 | first audio p95 | requests/s | audio s per wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for setup, flags in setups:
+        server = ServerProcess([*common, *flags, *args.server_arg], timeout_s=300, stop_timeout_s=90)
+        try:
+            asyncio.run(_run_level(server.url, 2, 2, args.format, True))  # warm-up
+            for concurrency in levels:
+                samples, wall = asyncio.run(
+                    _run_level(server.url, concurrency, args.requests_per_worker, args.format, True))
+                row = _level_row(setup, concurrency, samples, wall)
+                rows.append(row)
+                print(f"| {setup} | {concurrency} | {row['n']} | {row['ttfa_p50_ms']:.0f} ms | "
+                      f"{row['ttfa_p95_ms']:.0f} ms | {row['requests_per_s']:.2f} | {row['audio_s_per_s']:.1f} |",
+                      flush=True)
+            if flags[-1:] == ["2"]:
+                replacement = _replacement_times(server)
+                print(f"\nkilled one of 2 replicas: Serve ran a new one after {replacement['replica_running_s']:.1f} s;"
+                      f" it answered after {replacement['new_replica_answered_s']:.1f} s", flush=True)
+        finally:
+            server.stop()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"levels": rows, "replacement": replacement}, handle, indent=2)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -93,7 +181,11 @@ def main() -> int:
     parser.add_argument("--url", help="benchmark a running server instead of starting one")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--ray", action="store_true",
+                        help="compare one process with Ray Serve (1 and 2 replicas) and time a replica's replacement")
     args = parser.parse_args()
+    if args.ray:
+        return ray_main(args)
 
     server = None
     if args.url:

@@ -28,7 +28,7 @@ class _EngineStats:
             stats = self._stats()
         except Exception:  # a failing stats() must not break the scrape
             return
-        for key in ("queue_depth", "active", "capacity"):
+        for key in ("queue_depth", "active", "capacity", "completed", "failed", "cancelled"):
             value = stats.get(key)
             if isinstance(value, (int, float)):
                 yield GaugeMetricFamily(f"fast_tts_engine_{key}", f"engine.stats()['{key}']", value=float(value))
