@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -108,6 +109,7 @@ def _replacement_times(server: ServerProcess) -> dict:
 
     address = re.search(r"Ray at (\S+)\)", server.log()).group(1)
     prepare_ray_environment(address)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # a local instance started by fast-tts uses Ray's token auth
     import ray
     from ray import serve
 

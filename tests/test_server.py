@@ -221,10 +221,10 @@ def test_uploads_non_audio_and_unsupported_clone(server: ServerProcess) -> None:
     wav = httpx.post(f"{server.url}/api/speak", json={"text": "Hello.", "stream": False}, timeout=30).content
     response = httpx.post(f"{server.url}/api/clone", data={"text": "hi"},
                           files={"reference_audio": ("ref.wav", wav, "audio/wav")}, timeout=30)
-    assert response.status_code == 501 and response.json()["error"]["code"] == "unsupported_operation"
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_operation"
     response = httpx.post(f"{server.url}/api/speakers", data={"name": "cloned"},
                           files={"audio": ("ref.wav", wav, "audio/wav")}, timeout=30)
-    assert response.status_code == 501  # Piper speakers are presets, not clones
+    assert response.status_code == 400  # Piper speakers are presets, not clones
     response = httpx.post(f"{server.url}/api/speakers", content=b"name=x", timeout=30,
                           headers={"content-type": "text/plain"})
     assert response.status_code == 415 and response.json()["error"]["param"] == "Content-Type"
@@ -299,7 +299,7 @@ def test_url_audio_when_the_operator_allows_it(server: ServerProcess, tmp_path) 
             return httpx.post(f"{server.url}/api/speakers", timeout=30,
                               files={"name": (None, "remote"), "audio_url": (None, url)})
 
-        assert create(f"{base}/ref.wav").status_code == 501  # fetched and decoded; Piper then cannot clone
+        assert create(f"{base}/ref.wav").status_code == 400  # fetched and decoded; Piper then cannot clone
         big = create(f"{base}/big.wav")
         assert big.status_code == 413 and big.json()["error"]["param"] == "audio_url"
         assert create(f"{base}/junk.wav").json()["error"]["param"] == "audio"

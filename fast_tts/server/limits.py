@@ -14,10 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fast_tts.server.metrics import ServerMetrics
 from fast_tts.server.problems import ApiError, error_body
 
-# Paths anyone may GET without the key: the static web page (it holds no data; the user types the key into it) and
-# the API's description (clients and tools read it to learn the routes; it holds no data either).
+# Paths anyone may GET without the key: the static web page (it holds no data; the user types the key into it).
 _PUBLIC_PREFIXES = ("/static/",)
-_PUBLIC_PATHS = ("/", "/favicon.ico", "/openapi.json", "/docs", "/redoc")
+_PUBLIC_PATHS = ("/", "/favicon.ico")
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:

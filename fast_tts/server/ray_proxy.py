@@ -7,8 +7,9 @@ before the response starts, and cuts the body when it dies mid-response. In fron
   - otherwise answers 503 with Retry-After and the server's JSON error body,
   - ends a cut server-sent-event stream with an `error` event; a cut audio stream stays cut (no final chunk), so
     the client's HTTP library reports an incomplete body instead of taking it for a whole file.
-It is loaded in every proxy through RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH (see `proxy_middlewares`); it imports
-only the standard library and Starlette, which the proxy already has.
+It is loaded in every proxy through RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH (see `proxy_middlewares`), so it
+applies to every Serve application behind those proxies; it imports only the standard library and Starlette, which
+the proxy already has.
 """
 
 from __future__ import annotations

@@ -177,6 +177,7 @@ def deployment_options(args: argparse.Namespace) -> dict[str, Any]:
         # every request the app's own gate can hold (running + queued) plus room for health checks and scrapes:
         # the gate, not Serve, decides 429 and 503, as in a lone server
         "max_ongoing_requests": args.max_concurrency + args.max_queue + 8,
+        "max_constructor_retry_count": 3,  # a replica that cannot load its model fails the deployment soon
     }
     if args.autoscale:
         low, high = _pair(args.autoscale, "--autoscale", int)
@@ -227,7 +228,8 @@ def _check_proxy(url: str, api_key: str | None) -> None:
     try:
         response = httpx.get(f"{url}/health", headers=headers, timeout=30.0)
     except httpx.HTTPError as exc:
-        log.warning("could not reach %s/health: %s", url, exc)
+        log.warning("could not reach %s/health: %s (on a cluster where Serve already runs, its proxies keep the "
+                    "host and port they were started with)", url, exc)
         return
     if MARK_HEADER.decode() not in response.headers:
         log.warning("this cluster's Serve proxies run without fast-tts's fault handling; start its nodes with "
