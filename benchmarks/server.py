@@ -107,7 +107,7 @@ def _replacement_times(server: ServerProcess) -> dict:
 
     from fast_tts.server.ray_proxy import prepare_ray_environment
 
-    address = re.search(r"Ray at (\S+)\)", server.log()).group(1)
+    address = re.search(r"Ray at (\S+) \(", server.log()).group(1)
     prepare_ray_environment(address)
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # a local instance started by fast-tts uses Ray's token auth
     import ray

@@ -23,7 +23,7 @@ def test_serve_ray_runs_and_stops_its_own_loopback_instance(tmp_path) -> None:
     server = ServerProcess(["--ray", "--replicas", "1", "--speakers-dir", str(tmp_path)], timeout_s=300,
                            stop_timeout_s=120)
     try:
-        found = re.search(r"Ray at (\S+):(\d+)\)", server.log())
+        found = re.search(r"Ray at (\S+):(\d+) \(", server.log())
         assert found, server.log()
         host, port = found.group(1), int(found.group(2))
         assert host == "127.0.0.1"

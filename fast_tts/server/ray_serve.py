@@ -255,12 +255,14 @@ def run_on_ray(args: argparse.Namespace) -> int:
                       " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token in "
                       "RAY_AUTH_TOKEN or ~/.ray/auth_token)" if "auth" in str(exc).lower() else f": {exc}")
             return 2
+    log.info("Ray at %s (%s)", ray.get_runtime_context().gcs_address,
+             "a local instance" if local else "joined cluster")
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         url = f"http://{args.host}:{args.port}"
         _check_proxy(url, args.api_key)
-        log.info("serving on Ray Serve at %s (Ray at %s)", url, ray.get_runtime_context().gcs_address)
+        log.info("serving on Ray Serve at %s", url)
         _wait_for_signal()
     finally:
         log.info("stopping")
