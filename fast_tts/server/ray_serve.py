@@ -213,13 +213,25 @@ def build_app(args: dict[str, Any]) -> Any:
     return application(parse_serve_options(dict(args)))
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (the handler only sets a flag: nothing that takes a lock)."""
-    stopped: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: stopped.append(signum))
-    while not stopped:
-        time.sleep(0.2)
+class _Stop:
+    """SIGINT/SIGTERM set a flag (a handler that takes no lock cannot deadlock); Ray's own start replaces the SIGTERM
+    handler, so `install` runs again after it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.install()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+
+    def wait(self) -> None:
+        """Block until a signal came (at once if one already did)."""
+        while not self.requested:
+            time.sleep(0.2)
 
 
 def _check_proxy(url: str, api_key: str | None) -> None:
@@ -245,6 +257,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     local = not args.ray_address  # fast_tts.server.cli set the environment for this before importing Ray
+    stop = _Stop()  # a signal during start-up still ends in the clean-up below
     if local:
         ray.init(include_dashboard=False, log_to_driver=args.log_level == "debug")
     else:
@@ -255,15 +268,17 @@ def run_on_ray(args: argparse.Namespace) -> int:
                       " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token in "
                       "RAY_AUTH_TOKEN or ~/.ray/auth_token)" if "auth" in str(exc).lower() else f": {exc}")
             return 2
+    stop.install()
     log.info("Ray at %s (%s)", ray.get_runtime_context().gcs_address,
              "a local instance" if local else "joined cluster")
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         url = f"http://{args.host}:{args.port}"
-        _check_proxy(url, args.api_key)
-        log.info("serving on Ray Serve at %s", url)
-        _wait_for_signal()
+        if not stop.requested:
+            _check_proxy(url, args.api_key)
+            log.info("serving on Ray Serve at %s", url)
+        stop.wait()
     finally:
         log.info("stopping")
         with contextlib.suppress(Exception):
