@@ -291,7 +291,7 @@ class AsyncEngine(ABC):
         return self._speaker_edits[1]
 
     def list_speakers(self) -> list[str]:
-        """Built-in voices first, then custom speakers (from memory and the speaker store)."""
+        """Built-in voices first, then custom speakers (the store's when the engine has one, else those added here)."""
         self._check_open()
         custom = set(self.store.names()) if self.store is not None else set(self._speakers)  # the store is the truth
         builtin = self._builtin_voices()
