@@ -79,7 +79,10 @@ async def _run_level(url: str, concurrency: int, per_worker: int, fmt: str, stre
 
         async def worker(w: int) -> None:
             for i in range(per_worker):
-                samples.append(await _one(http, url, TEXTS[(w + i) % len(TEXTS)], fmt, stream))
+                try:
+                    samples.append(await _one(http, url, TEXTS[(w + i) % len(TEXTS)], fmt, stream))
+                except httpx.HTTPError as exc:  # counted, not fatal: a cut stream or a refusal is a result too
+                    print(f"request failed: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
@@ -94,7 +97,7 @@ def _pct(values: list[float], q: float) -> float:
 def _level_row(setup: str, concurrency: int, samples: list[Sample], wall: float) -> dict:
     ttfa = [s.ttfa_s for s in samples]
     return {
-        "setup": setup, "concurrency": concurrency, "n": len(samples),
+        "setup": setup, "concurrency": concurrency, "n": len(samples),  # n: requests that completed
         "ttfa_p50_ms": 1000 * statistics.median(ttfa), "ttfa_p95_ms": 1000 * _pct(ttfa, 0.95),
         "requests_per_s": len(samples) / wall, "audio_s_per_s": sum(s.audio_s for s in samples) / wall,
     }
