@@ -52,7 +52,7 @@ class _Writer(threading.Thread):
                 self.acked, self.in_flight = self.version, None
 
 
-@pytest.mark.parametrize("kill_after_s", [0.3, 0.8, 1.6])
+@pytest.mark.parametrize("kill_after_s", [0.05, 0.4, 1.2])
 def test_store_survives_kill_9_mid_write(tmp_path, kill_after_s: float) -> None:
     speakers = tmp_path / "speakers"
     acked: dict[str, int | None] = {}
@@ -60,6 +60,9 @@ def test_store_survives_kill_9_mid_write(tmp_path, kill_after_s: float) -> None:
         writers = [_Writer(server.url, f"s{k}", 100 * k) for k in range(WRITERS)]
         for writer in writers:
             writer.start()
+        deadline = time.monotonic() + 120
+        while any(w.acked is None for w in writers) and time.monotonic() < deadline:
+            time.sleep(0.01)  # every writer has a version on disk, then the kill lands a moment later
         time.sleep(kill_after_s)
         server.proc.kill()  # SIGKILL: no shutdown path at all
         server.proc.wait()
