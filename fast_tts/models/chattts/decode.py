@@ -33,7 +33,7 @@ def rows_to_mel(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bo
         mel = models.decoder(batch, lengths.to(device))
     else:
         batch, lengths = pad_rows([r.to(device, torch.long) for r in rows])
-        mel = models.dvae(batch, lengths.to(device))
+        mel = models.dvae(batch, lengths=lengths.to(device))
     return mel, 2 * lengths.to(device)
 
 
@@ -44,6 +44,6 @@ def decode_rows(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bo
     out = [torch.zeros(0) for _ in rows]
     if keep:
         mel, frames = rows_to_mel(models, [rows[i] for i in keep], use_decoder)
-        for i, wav in zip(keep, models.vocos.decode(mel, frames)):
+        for i, wav in zip(keep, models.vocos.decode_rows(mel, frames)):
             out[i] = wav
     return out

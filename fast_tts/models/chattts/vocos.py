@@ -65,7 +65,11 @@ class Vocos(nn.Module):
         """Wavs (B, (F - 1) * hop) for a mel batch (B, 100, F) whose rows all have F valid frames."""
         return self.head.to_wav(self.head.spectrum(self.backbone(mel, None)))
 
-    def decode(self, mel: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
+    def decode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Wavs (B, (F - 1) * hop) of a mel batch (B, 100, F) (the reference's `chat.vocos.decode`)."""
+        return self.forward(mel)
+
+    def decode_rows(self, mel: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
         """Per-row wavs of (frames[b] - 1) * hop samples; padding frames of a row never reach its audio."""
         if bool((frames == mel.shape[-1]).all()):
             return list(self.forward(mel))
