@@ -289,7 +289,9 @@ class Chat:
                            use_flash_attn, is_vllm=backend == "vllm")
         self.embed = models.gpt.embed
         self.dvae, self.decoder, self.vocos = models.dvae, models.decoder, models.vocos
-        self.coef = coef_string(models.decoder.coef)
+        # the reference's coef string is the random coef drawn before its checkpoint overwrites it (load(coef=...)
+        # changes nothing either); ours is the Decoder's coef in use, or the string given
+        self.coef = coef if isinstance(coef, str) else coef_string(models.decoder.coef)
         sync_config(self.config, models)
         return True
 
