@@ -21,6 +21,10 @@ Deliberate differences (each a fix of a reference bug, or a better default):
 - refinement with repetition_penalty != 1 works; `ensure_non_empty` never restarts or crashes: eos is masked at the
   first step (the reference regenerates the batch without a seed, which draws again, and fails with one);
 - blank lines of a split text are skipped (the reference synthesizes them as empty prompts);
+- audio prompts (`sample_audio_speaker`, and the long-text prompt `infer` makes from the first text) are encoded
+  with the DVAE residual scale (levels - 1)^-r of the vector_quantize_pytorch the model was trained with; the
+  reference as installed today uses 1.32's levels^-r, so its prompts differ (`config.residual_scale_base = "levels"`
+  gives its codes, and then the long-text path equals the reference: tests/test_chattts_scripts.py);
 - zh/en text normalization speaks digits (our wetext frontend is registered as a default; a user's `register` of
   the same language replaces it, and `Normalizer(use_default_normalizers=False)` gives back the reference's
   behaviour);
