@@ -36,9 +36,11 @@ class MelDecoder(nn.Module):
         self.decoder = _stack(cfg)
         self.out_conv = nn.Conv1d(cfg.idim, N_MELS, 3, 1, 1, bias=False)
 
-    def forward(self, hiddens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """`lengths` (B,) in tokens keeps padding tokens out of each row's frames (they come back as zeros)."""
-        mask = _frame_mask(lengths, hiddens.shape[-1], hiddens.dtype)
+    def forward(self, hiddens: torch.Tensor, lengths: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` (B,) in tokens keeps padding tokens out of each row's frames (they come back as zeros); or give
+        the frame `mask` (B, 1, 2T) itself (rows packed along time, see decode.py)."""
+        mask = mask if mask is not None else _frame_mask(lengths, hiddens.shape[-1], hiddens.dtype)
         y = self.decoder(double_frames(hiddens), mask)
         return masked(self.out_conv(masked(y, mask)) * self.coef, mask)
 
@@ -59,15 +61,16 @@ class DVAE(nn.Module):
         self.out_conv = nn.Conv1d(cfg.decoder.idim, N_MELS, 3, 1, 1, bias=False)
         self.vq_layer = GFSQ(cfg.vq_dim, cfg.levels, cfg.groups, cfg.residuals, cfg.residual_scale_base)
 
-    def forward(self, inp: torch.Tensor, mode: str = "decode", lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """mode "decode": mel (B, 100, 2T) for codes (B, 4, T), `lengths` (B,) in tokens as for `MelDecoder`;
-        mode "encode": codes (B, 4, T) of a wav, as `encode` (the reference's call convention)."""
+    def forward(self, inp: torch.Tensor, mode: str = "decode", lengths: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mode "decode": mel (B, 100, 2T) for codes (B, 4, T), `lengths` (B,) in tokens or the frame `mask` as for
+        `MelDecoder`; mode "encode": codes (B, 4, T) of a wav, as `encode` (the reference's call convention)."""
         if mode == "encode":
             return self.encode(inp)
         if mode != "decode":
             raise InvalidInputError(f"mode must be 'encode' or 'decode', got {mode!r}", field="mode")
         codes = inp
-        mask = _frame_mask(lengths, codes.shape[-1], self.coef.dtype)
+        mask = mask if mask is not None else _frame_mask(lengths, codes.shape[-1], self.coef.dtype)
         feats = double_frames(self.vq_layer.decode(codes))
         y = self.decoder(feats, mask)
         return masked(self.out_conv(masked(y, mask)) * self.coef, mask)
