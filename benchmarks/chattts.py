@@ -118,11 +118,11 @@ def prompt(models: ChatTTSModels, texts: list[str]) -> tuple[torch.Tensor, torch
 
 @torch.inference_mode()
 def generate(gpt: ChatTTSGPT, emb: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
-    """Greedy code generation for `steps` frames through the module's own KV cache."""
-    gpt.transformer.setup_cache(emb.shape[0], mask.shape[1] + steps + 1)
-    hidden, pos = gpt.prefill(emb, mask)
+    """Greedy code generation for `steps` frames through a KV cache of the module."""
+    cache = gpt.transformer.new_cache(emb.shape[0], mask.shape[1] + steps + 1)
+    hidden, pos = gpt.prefill(emb, mask, cache)
     for s in range(steps - 1):
-        hidden = gpt.step(gpt.embed.code_embedding(gpt.embed.code_logits(hidden).argmax(-1)), pos + s)
+        hidden = gpt.step(gpt.embed.code_embedding(gpt.embed.code_logits(hidden).argmax(-1)), pos + s, cache)
 
 
 def ours_gpt_steps(ckpt: Path, batches: list[int], tokens: int) -> dict:
