@@ -435,20 +435,31 @@ class Chat:
     async def _synthesize_groups(
         self, runtime: Any, groups: list[list[str]], p: "Chat.InferCodeParams", use_decoder: bool, rng: Any
     ) -> list[np.ndarray]:
-        """Wavs of every text, batch by batch. Batches drawing from the global generator generate one after the
-        other (their decodes overlap the next batch); seeded batches generate together."""
+        """Wavs of every text, batch by batch. Each row is decoded as soon as it has finished generating (while
+        longer rows still generate). Batches drawing from the global generator generate one after the other;
+        seeded batches generate together."""
+
+        async def finish(stream: Any, request: Any) -> Any:
+            try:
+                return await stream.collect()
+            finally:
+                await stream.cancel()
+                request.sampling.noise.release()
+
+        async def decode(collected: "asyncio.Future[Any]") -> np.ndarray:
+            return await runtime.decode(_frames(await collected, use_decoder, runtime), use_decoder)
 
         async def generate(texts: list[str]) -> list["asyncio.Future[np.ndarray]"]:
             requests = self._requests(texts, p, use_decoder, rng)
-            streams = [runtime.generate_codes(r) for r in requests]
+            collected = [asyncio.ensure_future(finish(runtime.generate_codes(r), r)) for r in requests]
+            decodes = [asyncio.ensure_future(decode(c)) for c in collected]
             try:
-                results = await asyncio.gather(*(s.collect() for s in streams))
-            finally:
-                for s, r in zip(streams, requests):
-                    await s.cancel()
-                    r.sampling.noise.release()
-            return [asyncio.ensure_future(runtime.decode(_frames(res, use_decoder, runtime), use_decoder))
-                    for res in results]
+                await asyncio.gather(*collected)  # this batch has drawn all its noise
+            except BaseException:
+                for task in (*collected, *decodes):
+                    task.cancel()
+                raise
+            return decodes
 
         if p.manual_seed is not None:
             decodes = [d for ds in await asyncio.gather(*(generate(g) for g in groups)) for d in ds]
