@@ -302,3 +302,33 @@ def test_user_normalizer_wins_before_and_after_load(checkpoint: Path) -> None:
         chat.unload()
     assert set(chat.normalizer.defaults) == {"zh", "en"}  # unload starts afresh, as the reference
     assert chat.normalizer.register("zh", str.upper)
+
+
+# ----- the replayed random streams ------------------------------------------------------------------------------
+
+
+def test_batch_draws_hand_each_row_its_slice_of_one_draw_per_step() -> None:
+    from fast_tts.models.chattts.reference_rng import BatchDraws
+
+    draws = BatchDraws(torch.Generator().manual_seed(3), 3, 2, 10)
+    rows = [draws.row(i) for i in range(3)]
+    ahead = [rows[2].noise(s) for s in range(3)]  # rows may run ahead of or behind each other
+    behind = [rows[0].noise(s) for s in range(3)]
+    rows[1].release()
+    gen = torch.Generator().manual_seed(3)
+    blocks = [torch.empty(6, 10).exponential_(generator=gen).view(3, 2, 10) for _ in range(3)]
+    for s in range(3):
+        assert torch.equal(ahead[s], blocks[s][2]) and torch.equal(behind[s], blocks[s][0])
+    with pytest.raises(RuntimeError, match="already taken"):
+        rows[0].noise(1)
+
+
+@pytest.mark.parametrize("codebooks, vocab", [(4, 626), (1, 21178)])
+def test_seeded_draws_are_the_rows_slice_of_a_whole_batch_draw(codebooks: int, vocab: int) -> None:
+    from fast_tts.models.chattts.reference_rng import SeededDraws
+
+    whole = torch.empty(8 * codebooks, vocab).exponential_(generator=torch.Generator().manual_seed(12345))
+    for position in (0, 3, 7):
+        row = SeededDraws(12345, position, codebooks, vocab)
+        assert torch.equal(row.noise(0), whole[position * codebooks : (position + 1) * codebooks])
+        assert row.noise(5) is row.noise(0)  # re-seeded every step: the same noise each step
