@@ -28,6 +28,8 @@ Deliberate differences (each a fix of a reference bug, or a better default):
 - zh/en text normalization speaks digits (our wetext frontend is registered as a default; a user's `register` of
   the same language replaces it, and `Normalizer(use_default_normalizers=False)` gives back the reference's
   behaviour);
+- `chat.coef` is the Decoder's coef in use (the reference's is the random coef drawn before its checkpoint
+  replaces it).
 """
 
 from __future__ import annotations
