@@ -1,16 +1,17 @@
-"""ChatTTS at full size with random weights: GPT decode speed and end-to-end real-time factor, ours vs the reference.
+"""ChatTTS at full size with random weights: `Chat.infer` end to end, ours in float32 and bfloat16 vs the reference.
 
 Builds (once, cached) a checkpoint in the official layout with the real model's shapes (20 layers, hidden 768, ...)
-from the seeded weight rule of tests/chattts_checkpoint.py, loads it with our loader, and measures:
-- GPT decode: ms per step and code frames per second at batch 1 and batch 8 (greedy, through the KV cache; the
-  per-step cost is (t(long) - t(short)) / (long - short) so that the prefill cancels out);
-- end to end: prompt -> E2E_TOKENS code frames (about 10 s of audio) -> Decoder -> Vocos, wall time / audio time.
-When the reference environment exists ($FAST_TTS_REFERENCE_PYTHON, default /work/refenv/bin/python, recipe in
-benchmarks/reference/chattts_reference.py), the reference runs on the same files in the same run, and the table
-shows both and the ratio.
+from the seeded weight rule of tests/chattts_checkpoint.py. For each dtype it loads `fast_tts.Chat` and times
+`infer(texts, skip_refine_text=True, split_text=False)` with exactly --tokens code frames per text (the random
+weights never emit EOS; min = max new tokens), decode included, at every --batches size; the reference `chattts`
+0.2.5 runs the same call on the same files in the same run (a subprocess in its own environment:
+$FAST_TTS_REFERENCE_PYTHON, default ~/.cache/fast-tts/ci-envs/chattts-ref/bin/python, recipe in
+benchmarks/reference/chattts_reference.py). The table shows wall seconds and the speed-up over the reference, plus
+how much of our time the decoders (Decoder + Vocos on the batch) take.
 
-    python benchmarks/chattts.py                     # 1 thread, batches 1 and 8
+    python benchmarks/chattts.py                           # float32 and bfloat16, batches 1 and 8, 100 frames
     python benchmarks/chattts.py --threads 2 --no-reference
+    python benchmarks/chattts.py --gpt-steps               # also GPT ms/step through the KV cache (greedy)
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from chattts_checkpoint import FULL_DIMS, build_checkpoint, spk_stat_string
+from chattts_checkpoint import FULL_DIMS, build_checkpoint, spk_stat_string  # noqa: E402
 
-from fast_tts.models.chattts.decode import decode_rows
-from fast_tts.models.chattts.gpt import ChatTTSGPT
-from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
-from fast_tts.models.chattts.tokenizer import decorate_code_prompts
+import fast_tts  # noqa: E402
+from fast_tts.models.chattts.gpt import ChatTTSGPT  # noqa: E402
+from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts  # noqa: E402
+from fast_tts.models.chattts.tokenizer import decorate_code_prompts  # noqa: E402
 
 TEXTS = ["hello world this is a benchmark sentence", "一二三四五六七八九十", "some more text to read aloud today",
          "四月的天气很好", "the quick brown fox jumps", "我们一起去公园", "numbers are words too", "你好世界"]
 SAMPLE_RATE = 24000
+REFERENCE_PYTHON = Path.home() / ".cache/fast-tts/ci-envs/chattts-ref/bin/python"
 
 
 def ensure_checkpoint(path: Path) -> Path:
@@ -49,6 +51,64 @@ def ensure_checkpoint(path: Path) -> Path:
     return path
 
 
+def reference_python() -> Path | None:
+    """The reference environment's python ($FAST_TTS_REFERENCE_PYTHON or the CI env path), None when absent."""
+    path = Path(os.environ.get("FAST_TTS_REFERENCE_PYTHON", REFERENCE_PYTHON))
+    return path if path.is_file() else None
+
+
+def rows_for(batch: int) -> list[str]:
+    return [TEXTS[i % len(TEXTS)] for i in range(batch)]
+
+
+# ----- Chat.infer ------------------------------------------------------------------------------------------------
+
+
+def infer_params(tokens: int) -> "fast_tts.Chat.InferCodeParams":
+    return fast_tts.Chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
+
+
+def time_infer(chat: fast_tts.Chat, texts: list[str], tokens: int, repeat: int) -> dict:
+    """Best wall seconds (with its CPU seconds) of one `infer` over the texts as one list, decode included."""
+    best: dict = {}
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        wavs = chat.infer(texts, skip_refine_text=True, split_text=False, params_infer_code=infer_params(tokens),
+                          do_text_normalization=False)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        assert len(wavs) == len(texts)
+        if not best or wall < best["wall_s"]:
+            best = {"wall_s": wall, "cpu_s": cpu, "audio_s": sum(len(w) for w in wavs) / SAMPLE_RATE}
+    return best
+
+
+def time_decode(chat: fast_tts.Chat, batch: int, tokens: int) -> float:
+    """Seconds the runtime's decode (Decoder + Vocos, as `infer` runs it) takes on `batch` rows of `tokens` frames."""
+    hidden = chat.runtime.hidden_size
+    rows = [torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(i)) for i in range(batch)]
+    start = time.perf_counter()
+    chat.runtime._decode_batch(True, rows)
+    return time.perf_counter() - start
+
+
+def ours_infer(ckpt: Path, dtype: str, batches: list[int], tokens: int, repeat: int) -> dict:
+    chat = fast_tts.Chat()
+    chat.config.spk_stat = spk_stat_string(FULL_DIMS["gpt"]["hidden_size"])
+    assert chat.load(source="custom", custom_path=str(ckpt), device="cpu", dtype=dtype)
+    try:
+        time_infer(chat, rows_for(1), 4, 1)  # warm-up
+        out = {}
+        for b in batches:
+            out[f"batch{b}"] = time_infer(chat, rows_for(b), tokens, repeat)
+            out[f"batch{b}"]["decode_s"] = time_decode(chat, b, tokens)
+        return out
+    finally:
+        chat.unload()
+
+
+# ----- GPT decode steps (optional) -------------------------------------------------------------------------------
+
+
 @torch.inference_mode()
 def prompt(models: ChatTTSModels, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt embeddings and mask for texts (no speaker)."""
@@ -57,62 +117,47 @@ def prompt(models: ChatTTSModels, texts: list[str]) -> tuple[torch.Tensor, torch
 
 
 @torch.inference_mode()
-def generate(gpt: ChatTTSGPT, emb: torch.Tensor, mask: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy code generation for `steps` frames: codes (B, steps, 4) and hiddens (B, steps, H)."""
-    b = emb.shape[0]
-    gpt.transformer.setup_cache(b, mask.shape[1] + steps + 1)
-    hidden, pos = gpt.prefill(emb, mask)
-    codes, hiddens = [], []
-    for s in range(steps):
-        hiddens.append(hidden)
-        tok = gpt.embed.code_logits(hidden).argmax(-1)  # (B, 4)
-        codes.append(tok)
-        if s + 1 < steps:
-            hidden = gpt.step(gpt.embed.code_embedding(tok), pos + s)
-    return torch.stack(codes, 1), torch.stack(hiddens, 1)
+def generate(gpt: ChatTTSGPT, emb: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
+    """Greedy code generation for `steps` frames through a KV cache of the module."""
+    cache = gpt.transformer.new_cache(emb.shape[0], mask.shape[1] + steps + 1)
+    hidden, pos = gpt.prefill(emb, mask, cache)
+    for s in range(steps - 1):
+        hidden = gpt.step(gpt.embed.code_embedding(gpt.embed.code_logits(hidden).argmax(-1)), pos + s, cache)
 
 
-def timed(fn, *args) -> tuple[float, float]:
-    """(wall, process CPU) seconds of one call; CPU time stays meaningful when other jobs share the cores."""
-    start, cpu = time.perf_counter(), time.process_time()
-    fn(*args)
-    return time.perf_counter() - start, time.process_time() - cpu
-
-
-def ours(models: ChatTTSModels, batches: list[int], tokens: int, e2e_tokens: int) -> dict:
-    out: dict = {}
-    short = 8
+def ours_gpt_steps(ckpt: Path, batches: list[int], tokens: int) -> dict:
+    """ms per GPT step: (t(tokens) - t(8)) / (tokens - 8), so that the prefill cancels out."""
+    models = load_chattts(ckpt)
+    out = {}
     for batch in batches:
-        emb, mask = prompt(models, [TEXTS[i % len(TEXTS)] for i in range(batch)])
-        generate(models.gpt, emb, mask, short)  # warm-up
-        (t_short, c_short), (t_long, c_long) = (timed(generate, models.gpt, emb, mask, n) for n in (short, tokens))
-        step = (t_long - t_short) / (tokens - short)
-        cpu_ms = (c_long - c_short) / (tokens - short) * 1000 / torch.get_num_threads()
-        out[f"batch{batch}"] = {"ms_per_step": step * 1000, "frames_per_s": batch / step, "total_s": t_long,
-                                "cpu_ms_per_step_per_thread": cpu_ms}
-    start = time.perf_counter()
-    emb, mask = prompt(models, TEXTS[:1])
-    _, hiddens = generate(models.gpt, emb, mask, e2e_tokens)
-    mid = time.perf_counter()
-    wav = decode_rows(models, [hiddens[0]], use_decoder=True)[0]
-    elapsed = time.perf_counter() - start
-    audio = wav.shape[0] / SAMPLE_RATE
-    out["e2e"] = {"audio_s": audio, "wall_s": elapsed, "rtf": elapsed / audio,
-                  "decode_s": time.perf_counter() - mid}
+        emb, mask = prompt(models, rows_for(batch))
+        generate(models.gpt, emb, mask, 8)  # warm-up
+        times = []
+        for n in (8, tokens):
+            start = time.perf_counter()
+            generate(models.gpt, emb, mask, n)
+            times.append(time.perf_counter() - start)
+        out[f"batch{batch}"] = {"ms_per_step": (times[1] - times[0]) / (tokens - 8) * 1000}
     return out
 
 
-def reference(python: str, ckpt: Path, batches: list[int], tokens: int, e2e_tokens: int, threads: int,
-              serving_tokens: int = 0) -> dict:
+# ----- reference -------------------------------------------------------------------------------------------------
+
+
+def reference(python: str | Path, ckpt: Path, batches: list[int], tokens: int, e2e_tokens: int, threads: int,
+              serving_tokens: int = 0, infer_batches: list[int] = (), infer_tokens: int = 100,
+              repeat: int = 1) -> dict:
     """Run benchmarks/reference/chattts_reference.py in the reference's environment on the same checkpoint."""
     tmp = ckpt / "bench"
     tmp.mkdir(exist_ok=True)
     (tmp / "dims.json").write_text(json.dumps(FULL_DIMS))
     (tmp / "texts.json").write_text(json.dumps(TEXTS, ensure_ascii=False))
-    cmd = [python, str(ROOT / "benchmarks/reference/chattts_reference.py"), "--checkpoint", str(ckpt),
+    cmd = [str(python), str(ROOT / "benchmarks/reference/chattts_reference.py"), "--checkpoint", str(ckpt),
            "--dims", str(tmp / "dims.json"), "--spk-stat", spk_stat_string(FULL_DIMS["gpt"]["hidden_size"]),
            "--texts", str(tmp / "texts.json"), "--batches", ",".join(map(str, batches)), "--tokens", str(tokens),
-           "--threads", str(threads), "--e2e-tokens", str(e2e_tokens), "--serving-tokens", str(serving_tokens)]
+           "--threads", str(threads), "--e2e-tokens", str(e2e_tokens), "--serving-tokens", str(serving_tokens),
+           "--infer-batches", ",".join(map(str, infer_batches)), "--infer-tokens", str(infer_tokens),
+           "--repeat", str(repeat)]
     run = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if run.returncode != 0:
         raise RuntimeError(f"reference run failed:\n{run.stderr[-3000:]}")
@@ -123,34 +168,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fast_tts_chattts_full")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--tokens", type=int, default=96, help="frames per timed decode run")
-    ap.add_argument("--e2e-tokens", type=int, default=470, help="frames of the end-to-end utterance (~10 s)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=100, help="code frames per text")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per cell (the best is kept)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpt-steps", action="store_true", help="also time GPT steps alone (ours and the reference)")
     ap.add_argument("--no-reference", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     ckpt = ensure_checkpoint(args.checkpoint)
-    start = time.perf_counter()
-    models = load_chattts(ckpt)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load {time.perf_counter() - start:.1f} s", flush=True)
-    mine = ours(models, batches, args.tokens, args.e2e_tokens)
+    load_before = os.getloadavg()[0]
+    mine = {dtype: ours_infer(ckpt, dtype, batches, args.tokens, args.repeat) for dtype in args.dtypes.split(",")}
+    steps = ours_gpt_steps(ckpt, batches, args.tokens) if args.gpt_steps else None
     ref = None
-    python = os.environ.get("FAST_TTS_REFERENCE_PYTHON", "/work/refenv/bin/python")
-    if not args.no_reference and Path(python).is_file():
-        ref = reference(python, ckpt, batches, args.tokens, args.e2e_tokens, args.threads)
-    print(f"\n{'metric':28} {'ours':>10} {'reference':>10} {'ref/ours':>9}")
-    rows = [(f"batch {b} ms/step", f"batch{b}", "ms_per_step") for b in batches]
-    rows += [(f"batch {b} frames/s", f"batch{b}", "frames_per_s") for b in batches]
-    rows += [(f"batch {b} cpu ms/step/thread", f"batch{b}", "cpu_ms_per_step_per_thread") for b in batches]
-    rows += [("e2e wall s (10 s audio)", "e2e", "wall_s"), ("e2e real-time factor", "e2e", "rtf"),
-             ("e2e of which Decoder+Vocos s", "e2e", "decode_s")]
-    for label, group, key in rows:
-        a = mine[group][key]
-        b = ref[group].get(key) if ref else None
-        ratio = f"{b / a:9.2f}" if b else f"{'-':>9}"
-        print(f"{label:28} {a:10.2f} {(f'{b:10.2f}' if b else f'{chr(45):>10}')} {ratio}")
-    print(json.dumps({"ours": mine, "reference": ref}))
+    python = reference_python()
+    if not args.no_reference and python is not None:
+        ref = reference(python, ckpt, batches if args.gpt_steps else [], args.tokens, 0, args.threads,
+                        infer_batches=batches, infer_tokens=args.tokens, repeat=args.repeat)
+    elif not args.no_reference:
+        print("reference environment not found (set FAST_TTS_REFERENCE_PYTHON): printing ours only")
+    print(f"\nChat.infer, full-size random weights, {args.tokens} frames per text, decode included; torch "
+          f"{torch.__version__}, {args.threads} threads, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print("wall s (CPU s of the process): ours, of which the decoders, and the reference")
+    print(f"{'case':22} {'ours':>15} {'decode':>7} {'reference':>16} {'speed-up':>9} {'CPU ratio':>9}")
+    for dtype, res in mine.items():
+        for b in batches:
+            cell = res[f"batch{b}"]
+            r = ref["infer"][f"batch{b}"] if ref else None
+            ours_s = f"{cell['wall_s']:.2f} ({cell['cpu_s']:.1f})"
+            ref_s = f"{r['wall_s']:.2f} ({r['cpu_s']:.1f})" if r else "-"
+            speed = f"{r['wall_s'] / cell['wall_s']:8.2f}x" if r else f"{'-':>9}"
+            cpu = f"{r['cpu_s'] / cell['cpu_s']:8.2f}x" if r else f"{'-':>9}"
+            print(f"{dtype + ' batch ' + str(b):22} {ours_s:>15} {cell['decode_s']:7.2f} {ref_s:>16} {speed} {cpu}")
+    if steps:
+        print(f"\n{'GPT ms/step (float32)':24} {'ours':>8} {'reference':>12}")
+        for b in batches:
+            r = ref[f"batch{b}"]["ms_per_step"] if ref else float("nan")
+            print(f"{'batch ' + str(b):24} {steps[f'batch{b}']['ms_per_step']:8.1f} {r:12.1f}")
+    print(json.dumps({"ours": mine, "gpt_steps": steps, "reference": ref}))
 
 
 if __name__ == "__main__":

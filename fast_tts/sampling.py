@@ -4,7 +4,9 @@
 per-row tensors (one row per KV-cache row) so one step samples the whole batch without a Python loop over rows.
 Processing follows the ChatTTS order: temperature, repetition penalty, top-p, top-k, stop ids masked before
 `min_new_tokens`, then sampling by inverse CDF from uniforms drawn by each row's own seeded generator, so a row's
-tokens never depend on its batch neighbours.
+tokens never depend on its batch neighbours. A request may instead bring a `NoiseSource`: its token is then
+argmax(probs / noise) with Exp(1) noise from the source, which is exactly how `torch.multinomial(probs, 1)` draws,
+so a caller can replay another implementation's random stream (the ChatTTS drop-in replays the reference's).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -20,6 +23,15 @@ from fast_tts.errors import InvalidInputError
 
 _UNIFORM_BLOCK = 64  # steps of uniforms drawn per refill of a row's buffer
 _NO_WINDOW = 2**62  # repetition window of "all generated tokens"
+
+
+@runtime_checkable
+class NoiseSource(Protocol):
+    """Per-request Exp(1) noise, one (num_codebooks, vocab) float32 tensor per generated token."""
+
+    def noise(self, step: int) -> torch.Tensor:
+        """The noise of the request's token number `step` (0-based); called once per step, in order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,7 @@ class SamplingParams:
     max_new_tokens: int = 1024
     stop_token_ids: Sequence[int] = ()  # a row stops when any codebook samples one; that step is not returned
     seed: int | None = None  # None draws a fresh seed
-    reseed_every_step: bool = False  # ChatTTS parity: re-seed with `seed` each step and draw with torch.multinomial
+    noise: NoiseSource | None = None  # sample argmax(probs / noise) with the source's noise instead (seed unused)
     return_hidden: bool = False  # deliver the final-norm hidden state that predicted each token
 
     def __post_init__(self) -> None:
@@ -67,10 +79,8 @@ class SamplingParams:
             )
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}", "seed")
-        if not isinstance(self.reseed_every_step, bool):
-            raise InvalidInputError("reseed_every_step must be a bool", "reseed_every_step")
-        if self.reseed_every_step and self.seed is None:
-            raise InvalidInputError("reseed_every_step needs a seed", "seed")
+        if self.noise is not None and not isinstance(self.noise, NoiseSource):
+            raise InvalidInputError("noise must have a noise(step) -> Tensor method", "noise")
         if not isinstance(self.return_hidden, bool):
             raise InvalidInputError("return_hidden must be a bool", "return_hidden")
 
@@ -186,6 +196,7 @@ class BatchSampler:
         self.uniforms = torch.zeros(m, _UNIFORM_BLOCK, c, dtype=torch.float64, device=dev)
         self.cursor = torch.zeros(m, dtype=torch.long, device=dev)
         self._cursor_py = [0] * m  # Python mirror, so refills need no tensor reads
+        self._steps_py = [0] * m  # tokens each row has sampled (Python mirror of `steps`)
         self._gens: list[torch.Generator | None] = [None] * m
         self._params: list[SamplingParams | None] = [None] * m
         self._flags = (False, False, False, False, False)
@@ -205,6 +216,7 @@ class BatchSampler:
         self.min_keep[row] = min(params.min_tokens_to_keep, self.vocab_size)
         self.min_new[row] = params.min_new_tokens
         self.steps[row] = 0
+        self._steps_py[row] = 0
         self.stop_mask[row] = False
         if params.stop_token_ids:
             self.stop_mask[row, list(params.stop_token_ids)] = True
@@ -242,6 +254,7 @@ class BatchSampler:
             t[dst] = t[src]
         self.history[dst, :, : min(steps, self.max_steps)] = self.history[src, :, : min(steps, self.max_steps)]
         self._cursor_py[dst] = self._cursor_py[src]
+        self._steps_py[dst] = self._steps_py[src]
         self._gens[dst], self._params[dst] = self._gens[src], self._params[src]
         self.clear_row(src)
 
@@ -258,7 +271,7 @@ class BatchSampler:
             any(p.top_p is not None and p.top_p < 1.0 for p in live),
             any(p.top_k is not None and p.top_k < self.vocab_size for p in live),
             any(p.min_new_tokens > 0 and p.stop_token_ids for p in live),
-            any(p.reseed_every_step for p in live),
+            any(p.noise is not None for p in live),
         )
 
     def process(self, logits: torch.Tensor, rows: slice, argmax_only: bool = False) -> torch.Tensor:
@@ -299,16 +312,25 @@ class BatchSampler:
             return tokens, self.stop_mask[rows].gather(1, tokens).any(-1)
         u = self.uniforms[idx, self.cursor[rows]]
         tokens = sample_inverse_cdf(x, u)
-        for r in range(start, start + n) if self._flags[4] else ():
-            p = self._params[r]
-            if p is not None and p.reseed_every_step:  # the reference's draw, row by row
-                gen = self._gens[r].manual_seed(p.seed)
-                probs = x[r - start].softmax(-1).cpu()
-                tokens[r - start] = torch.multinomial(probs, 1, generator=gen)[:, 0].to(self.device)
+        if self._flags[4]:
+            self._sample_with_noise(x, tokens, start)
         tokens = torch.where(greedy, x.argmax(-1), tokens)
         self._advance(tokens, rows, idx)
         stopped = self.stop_mask[rows].gather(1, tokens).any(-1)
         return tokens, stopped
+
+    def _sample_with_noise(self, x: torch.Tensor, tokens: torch.Tensor, start: int) -> None:
+        """Overwrite the tokens of rows with a noise source by argmax(softmax(x) / noise) (torch.multinomial's draw)."""
+        local, noise = [], []
+        for i in range(x.shape[0]):
+            p = self._params[start + i]
+            if p is not None and p.noise is not None:
+                local.append(i)
+                noise.append(p.noise.noise(self._steps_py[start + i]))
+        if local:
+            at = torch.tensor(local, device=x.device)
+            probs = x[at].softmax(-1)
+            tokens[at] = (probs / torch.stack(noise).to(probs.device, probs.dtype)).argmax(-1)
 
     def _advance(self, tokens: torch.Tensor, rows: slice, idx: torch.Tensor) -> None:
         steps = self.steps[rows]
@@ -324,6 +346,7 @@ class BatchSampler:
         self.cursor[rows] += 1
         start = rows.start or 0
         for r in range(start, start + tokens.shape[0]):
+            self._steps_py[r] += 1
             self._cursor_py[r] += 1
             if self._cursor_py[r] == _UNIFORM_BLOCK:
                 self._refill(r)

@@ -22,6 +22,7 @@ from mkl_path import under_compatible_mkl
 from safetensors.torch import load_file
 
 import fast_tts as ChatTTS
+from fast_tts.models.chattts.reference_rng import GlobalStream
 from fast_tts.errors import InvalidInputError, ModelLoadError
 
 FIXTURES = Path(
@@ -102,7 +103,7 @@ def test_code_ids_parity(chat: Any, cases: dict, ref: dict) -> None:
 
     case = cases["code_generation"]
     params = greedy_code_params(case, spk_emb=cases["speaker"]["outputs"]["strings"][0])
-    requests = [chat._request(t, params, True) for t in case["inputs"]["normalized_texts"]]
+    requests = chat._requests(case["inputs"]["normalized_texts"], params, True, GlobalStream())
 
     async def run() -> list[torch.Tensor]:
         return [ids for _, ids in await asyncio.gather(*(chat.runtime.synthesize(r) for r in requests))]
@@ -212,8 +213,8 @@ def test_padding_frames_do_not_leak(chat: Any) -> None:
     import asyncio
 
     runtime = chat.runtime
-    req_short = chat._request("你好", short, True)
-    req_long = chat._request("我们今天去公园散步", long, True)
+    req_short = chat._requests(["你好"], short, True, GlobalStream())[0]
+    req_long = chat._requests(["我们今天去公园散步"], long, True, GlobalStream())[0]
 
     async def together() -> np.ndarray:
         (wav, _), _ = await asyncio.gather(runtime.synthesize(req_short), runtime.synthesize(req_long))
@@ -238,7 +239,7 @@ def test_ensure_non_empty_with_seed(chat: Any, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(adapter, "logits", eos_first)
     params = ChatTTS.Chat.InferCodeParams(max_new_token=6, manual_seed=1, ensure_non_empty=True)
-    wav, ids = chat._loop.run(chat.runtime.synthesize(chat._request("你好", params, True)))
+    wav, ids = chat._loop.run(chat.runtime.synthesize(chat._requests(["你好"], params, True, GlobalStream())[0]))
     assert ids.shape[0] == 1 and wav.size == 256  # one frame generated, then eos
 
 

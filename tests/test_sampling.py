@@ -235,26 +235,38 @@ def test_stop_on_any_codebook_and_min_new_tokens() -> None:
         assert tokens[1, 1].item() == (9 if step >= 2 else 4)
 
 
-def test_reseed_every_step_reproduces_a_reseeded_multinomial() -> None:
-    """ChatTTS with manual_seed re-seeds one generator every step and calls torch.multinomial on softmax."""
+def test_noise_source_replays_a_batched_multinomial() -> None:
+    """Rows with a noise source draw what one torch.multinomial over the whole batch draws from one generator."""
+    vocab, codebooks = 50, 4
+    draws = torch.Generator().manual_seed(11)
+    blocks: list[torch.Tensor] = []
+
+    class Replay:
+        def __init__(self, position: int) -> None:
+            self.position = position
+
+        def noise(self, step: int) -> torch.Tensor:
+            while len(blocks) <= step:
+                blocks.append(torch.empty(2 * codebooks, vocab).exponential_(generator=draws))
+            return blocks[step].view(2, codebooks, vocab)[self.position]
+
     torch.manual_seed(4)
-    p = SamplingParams(temperature=0.7, top_k=5, min_tokens_to_keep=3, seed=11, reseed_every_step=True)
-    sampler = BatchSampler(3, 4, 50, 32)
-    sampler.set_row(1, SamplingParams(seed=1))
-    sampler.set_row(2, p)
-    gen = torch.Generator()
+    sampler = BatchSampler(3, codebooks, vocab, 32)
+    sampler.set_row(0, SamplingParams(seed=1))
+    for row in (1, 2):
+        sampler.set_row(row, SamplingParams(temperature=0.7, top_k=5, min_tokens_to_keep=3, noise=Replay(row - 1)))
+    gen = torch.Generator().manual_seed(11)
     for _ in range(5):
-        logits = torch.randn(2, 4, 50)
-        tokens, _ = sampler.sample(logits, slice(1, 3))
-        scores = logits[1] / 0.7
-        kth = torch.topk(scores, 5).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, -math.inf)
-        gen.manual_seed(11)
-        want = torch.multinomial(torch.softmax(scores, -1), 1, generator=gen)[:, 0]
-        assert torch.equal(tokens[1], want)
+        logits = torch.randn(3, codebooks, vocab)
+        tokens, _ = sampler.sample(logits, slice(0, 3))
+        scores = logits[1:] / 0.7
+        kth = torch.topk(scores, 5).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf).reshape(2 * codebooks, vocab)
+        want = torch.multinomial(torch.softmax(scores, -1), 1, generator=gen)[:, 0].view(2, codebooks)
+        assert torch.equal(tokens[1:], want)
     with pytest.raises(InvalidInputError) as err:
-        SamplingParams(reseed_every_step=True)
-    assert err.value.field == "seed"
+        SamplingParams(noise=object())  # type: ignore[arg-type]
+    assert err.value.field == "noise"
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -2,11 +2,11 @@
 
 Runs only in the reference's own environment (it needs torchaudio, which cannot live beside our torch):
 
-    python3 -m venv /work/refenv
-    /work/refenv/bin/pip install torch==2.9.1 'torchaudio==2.9.*'
-    /work/refenv/bin/pip install chattts==0.2.5 requests
+    python3 -m venv ~/.cache/fast-tts/ci-envs/chattts-ref
+    ~/.cache/fast-tts/ci-envs/chattts-ref/bin/pip install torch==2.9.1 'torchaudio==2.9.*'
+    ~/.cache/fast-tts/ci-envs/chattts-ref/bin/pip install chattts==0.2.5 requests
 
-Our benchmarks call it as a subprocess through $FAST_TTS_REFERENCE_PYTHON (default /work/refenv/bin/python) so
+Our benchmarks call it as a subprocess through $FAST_TTS_REFERENCE_PYTHON (default: that environment's python) so
 both sides run on the same weights in the same benchmark run. Nothing here is imported by fast_tts.
 """
 
@@ -86,6 +86,21 @@ def timed_codes(chat: "ChatTTS.Chat", texts: list[str], tokens: int, seed: int) 
     return elapsed
 
 
+def timed_infer(chat: "ChatTTS.Chat", texts: list[str], tokens: int, repeat: int) -> dict:
+    """Best wall (and its CPU) seconds of `infer` on the texts as one list: `tokens` frames each, decode included."""
+    params = chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
+    best: dict = {}
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        wavs = chat.infer(texts, skip_refine_text=True, split_text=False, params_infer_code=params,
+                          do_text_normalization=False)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        assert len(wavs) == len(texts)
+        if not best or wall < best["wall_s"]:
+            best = {"wall_s": wall, "cpu_s": cpu, "audio_s": sum(len(w) for w in wavs) / 24000}
+    return best
+
+
 def serving(chat: "ChatTTS.Chat", texts: list[str], tokens: int) -> dict:
     """All texts as one `infer` list (generation + decode), and the first chunk of a streamed single text."""
     params = chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
@@ -116,6 +131,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--e2e-tokens", type=int, default=470, help="code frames of the end-to-end utterance")
+    parser.add_argument("--infer-batches", default="", help="batch sizes for timed_infer (e.g. 1,8)")
+    parser.add_argument("--infer-tokens", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--serving-tokens", type=int, default=0,
                         help="if > 0: also time infer() of all texts as one list and the first streamed chunk")
     args = parser.parse_args()
@@ -126,8 +144,14 @@ def main() -> None:
     assert chat.load(source="custom", custom_path=str(args.checkpoint), device=torch.device("cpu"))
     out: dict = {"load_s": time.perf_counter() - start, "threads": args.threads, "torch": torch.__version__}
     texts = json.loads(args.texts.read_text())
+    if args.infer_batches:
+        timed_infer(chat, texts[:1], 4, 1)  # warm-up (the normalizer's JIT, first allocations)
+        out["infer"] = {
+            f"batch{b}": timed_infer(chat, [texts[i % len(texts)] for i in range(b)], args.infer_tokens, args.repeat)
+            for b in (int(x) for x in args.infer_batches.split(","))
+        }
     short = 8
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in [int(b) for b in args.batches.split(",") if b]:
         rows = [texts[i % len(texts)] for i in range(batch)]
         timed_codes(chat, rows, short, 1)  # warm-up
         t_short = timed_codes(chat, rows, short, 1)
@@ -139,16 +163,17 @@ def main() -> None:
             "total_s": t_long,
             "aggregate_frames_per_s_incl_prefill": batch * args.tokens / t_long,
         }
-    params = chat.InferCodeParams(
-        min_new_token=args.e2e_tokens, max_new_token=args.e2e_tokens, manual_seed=3, show_tqdm=False
-    )
-    start = time.perf_counter()
-    wavs = chat.infer(
-        texts[0], skip_refine_text=True, split_text=False, params_infer_code=params, do_text_normalization=False
-    )
-    elapsed = time.perf_counter() - start
-    seconds = len(wavs[0]) / 24000
-    out["e2e"] = {"audio_s": seconds, "wall_s": elapsed, "rtf": elapsed / seconds}
+    if args.e2e_tokens:
+        params = chat.InferCodeParams(
+            min_new_token=args.e2e_tokens, max_new_token=args.e2e_tokens, manual_seed=3, show_tqdm=False
+        )
+        start = time.perf_counter()
+        wavs = chat.infer(
+            texts[0], skip_refine_text=True, split_text=False, params_infer_code=params, do_text_normalization=False
+        )
+        elapsed = time.perf_counter() - start
+        seconds = len(wavs[0]) / 24000
+        out["e2e"] = {"audio_s": seconds, "wall_s": elapsed, "rtf": elapsed / seconds}
     if args.serving_tokens:
         out["serving"] = serving(chat, texts, args.serving_tokens)
     print(json.dumps(out))

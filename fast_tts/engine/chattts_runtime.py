@@ -122,9 +122,15 @@ class ChatTTSRuntime:
         for stream in list(self._streams):
             asyncio.ensure_future(stream.cancel())
 
-    async def refine(self, texts: Sequence[str], sampling: SamplingParams, prompt: str = "") -> list[list[int]]:
-        """Refined token ids per text (all texts batched), filtered to ids below `[break_0]` as the reference does."""
-        streams = [self._track(self.text_gen.submit(self.text_prompt(t, prompt), sampling)) for t in texts]
+    async def refine(
+        self, texts: Sequence[str], sampling: SamplingParams | Sequence[SamplingParams], prompt: str = ""
+    ) -> list[list[int]]:
+        """Refined token ids per text (all texts batched), filtered to ids below `[break_0]` as the reference does;
+        `sampling` is one SamplingParams for every text or one per text."""
+        per_text = [sampling] * len(texts) if isinstance(sampling, SamplingParams) else list(sampling)
+        if len(per_text) != len(texts):
+            raise InvalidInputError(f"{len(per_text)} sampling params for {len(texts)} texts", field="sampling")
+        streams = [self._track(self.text_gen.submit(self.text_prompt(t, prompt), s)) for t, s in zip(texts, per_text)]
         try:
             results = await asyncio.gather(*(s.collect() for s in streams))
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,9 +36,11 @@ class MelDecoder(nn.Module):
         self.decoder = _stack(cfg)
         self.out_conv = nn.Conv1d(cfg.idim, N_MELS, 3, 1, 1, bias=False)
 
-    def forward(self, hiddens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """`lengths` (B,) in tokens keeps padding tokens out of each row's frames (they come back as zeros)."""
-        mask = _frame_mask(lengths, hiddens.shape[-1], hiddens.dtype)
+    def forward(self, hiddens: torch.Tensor, lengths: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` (B,) in tokens keeps padding tokens out of each row's frames (they come back as zeros); or give
+        the frame `mask` (B, 1, 2T) itself (rows packed along time, see decode.py)."""
+        mask = mask if mask is not None else _frame_mask(lengths, hiddens.shape[-1], hiddens.dtype)
         y = self.decoder(double_frames(hiddens), mask)
         return masked(self.out_conv(masked(y, mask)) * self.coef, mask)
 
@@ -58,9 +61,16 @@ class DVAE(nn.Module):
         self.out_conv = nn.Conv1d(cfg.decoder.idim, N_MELS, 3, 1, 1, bias=False)
         self.vq_layer = GFSQ(cfg.vq_dim, cfg.levels, cfg.groups, cfg.residuals, cfg.residual_scale_base)
 
-    def forward(self, codes: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Mel (B, 100, 2T) for codes (B, 4, T); `lengths` (B,) in tokens as for `MelDecoder`."""
-        mask = _frame_mask(lengths, codes.shape[-1], self.coef.dtype)
+    def forward(self, inp: torch.Tensor, mode: str = "decode", lengths: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mode "decode": mel (B, 100, 2T) for codes (B, 4, T), `lengths` (B,) in tokens or the frame `mask` as for
+        `MelDecoder`; mode "encode": codes (B, 4, T) of a wav, as `encode` (the reference's call convention)."""
+        if mode == "encode":
+            return self.encode(inp)
+        if mode != "decode":
+            raise InvalidInputError(f"mode must be 'encode' or 'decode', got {mode!r}", field="mode")
+        codes = inp
+        mask = mask if mask is not None else _frame_mask(lengths, codes.shape[-1], self.coef.dtype)
         feats = double_frames(self.vq_layer.decode(codes))
         y = self.decoder(feats, mask)
         return masked(self.out_conv(masked(y, mask)) * self.coef, mask)
@@ -83,3 +93,11 @@ class DVAE(nn.Module):
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """Code indices (B, 4, T) for a 24 kHz wav (samples,) or (B, samples)."""
         return self.vq_layer.encode(self.encoder_features(wav))
+
+    @torch.inference_mode()
+    def sample_audio(self, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Codes (4, T) of one 1-D 24 kHz wav (what the reference's `chat.dvae.sample_audio` returns)."""
+        tensor = torch.from_numpy(np.asarray(wav, dtype=np.float32)) if isinstance(wav, np.ndarray) else wav
+        if tensor.dim() != 1:
+            raise InvalidInputError(f"wav must be 1-D (samples), got shape {tuple(tensor.shape)}", field="wav")
+        return self.encode(tensor.float())[0]

@@ -55,6 +55,10 @@ class ChatTTSEmbed(nn.Module):
         """Logits (..., num_text_tokens) of the text head."""
         return self.head_text(hidden).float()
 
+    def forward(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """`prompt_embedding` (calling the module embeds a prompt, as the reference's `chat.embed(ids, text_mask)`)."""
+        return self.prompt_embedding(input_ids, text_mask)
+
     def prompt_embedding(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings (B, L, H): `emb_text` where text_mask, else the code sum (padding and audio codes).
 

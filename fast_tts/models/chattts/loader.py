@@ -1,7 +1,8 @@
 """Load a ChatTTS checkpoint in the official layout (Hugging Face repo 2Noise/ChatTTS) into plain PyTorch modules.
 
 Layout under `root`: `asset/{Vocos,DVAE,Decoder,Embed}.safetensors`, `asset/gpt/{config.json,model.safetensors}`,
-`asset/tokenizer/tokenizer.json`. Sizes come from `gpt/config.json` and the tensor shapes (config.py).
+`asset/tokenizer/tokenizer.json`. Sizes come from `gpt/config.json` and the tensor shapes (config.py). Files elsewhere
+can be named one by one with `CheckpointPaths` (the reference's `Config.path` fields).
 
 `spk_stat` (std ++ mean of the speaker distribution, needed by `sample_random_speaker`) is not among the files
 ChatTTS 0.2 reads: the reference keeps it as a string in its Python config. We take, in this order: the `spk_stat`
@@ -51,6 +52,41 @@ HASHED_FILES = (
 )
 # Tensors a checkpoint may carry that nothing uses (the reference deletes the GPT's token embedding).
 IGNORED = {"gpt": {"embed_tokens.weight"}}
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where each part of a checkpoint is: the four module files, the GPT folder (config.json + model.safetensors)
+    and the tokenizer folder; the speaker statistics are looked for next to Embed.safetensors."""
+
+    vocos: Path
+    dvae: Path
+    decoder: Path
+    embed: Path
+    gpt_dir: Path
+    tokenizer_dir: Path
+
+    @classmethod
+    def under(cls, root: str | Path) -> "CheckpointPaths":
+        """The official layout under `root`."""
+        root = Path(root)
+        return cls(
+            vocos=root / COMPONENT_FILES["vocos"],
+            dvae=root / COMPONENT_FILES["dvae"],
+            decoder=root / COMPONENT_FILES["decoder"],
+            embed=root / COMPONENT_FILES["embed"],
+            gpt_dir=(root / GPT_CONFIG).parent,
+            tokenizer_dir=(root / TOKENIZER).parent,
+        )
+
+    def files(self) -> dict[str, Path]:
+        """Per component, its safetensors file."""
+        return {"vocos": self.vocos, "dvae": self.dvae, "decoder": self.decoder, "embed": self.embed,
+                "gpt": self.gpt_dir / "model.safetensors"}
+
+    def required(self) -> list[Path]:
+        """Every file a load reads."""
+        return [*self.files().values(), self.gpt_dir / "config.json", self.tokenizer_dir / "tokenizer.json"]
 
 
 def sha256_key(rel_path: str) -> str:
@@ -165,22 +201,23 @@ def _consistent(cfg: ChatTTSConfig) -> ChatTTSConfig:
     )
 
 
-def _speaker_stats(root: Path, spk_stat: str | None, hidden: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(std, mean) float16 from the argument, asset/spk_stat.json or asset/spk_stat.pt; (None, None) when absent."""
-    if spk_stat is None and (root / SPK_STAT).is_file():
+def _speaker_stats(folder: Path, spk_stat: str | None, hidden: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(std, mean) float16 from the argument, spk_stat.json or spk_stat.pt in `folder`; (None, None) when absent."""
+    as_json, as_pt = folder / Path(SPK_STAT).name, folder / Path(SPK_STAT_PT).name
+    if spk_stat is None and as_json.is_file():
         try:
-            spk_stat = json.loads((root / SPK_STAT).read_text(encoding="utf-8"))["spk_stat"]
+            spk_stat = json.loads(as_json.read_text(encoding="utf-8"))["spk_stat"]
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"cannot read {root / SPK_STAT}: {exc}") from exc
+            raise ModelLoadError(f"cannot read {as_json}: {exc}") from exc
     if spk_stat is not None:
         return parse_spk_stat(spk_stat, hidden)
-    if (root / SPK_STAT_PT).is_file():
+    if as_pt.is_file():
         try:
-            stat = torch.load(root / SPK_STAT_PT, map_location="cpu", weights_only=True)
+            stat = torch.load(as_pt, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ModelLoadError(f"cannot read {root / SPK_STAT_PT}: {exc}") from exc
+            raise ModelLoadError(f"cannot read {as_pt}: {exc}") from exc
         if not isinstance(stat, torch.Tensor) or stat.numel() != 2 * hidden:
-            raise ModelLoadError(f"{root / SPK_STAT_PT} must hold a tensor of {2 * hidden} values (std ++ mean)")
+            raise ModelLoadError(f"{as_pt} must hold a tensor of {2 * hidden} values (std ++ mean)")
         std, mean = stat.reshape(-1).to(torch.float16).chunk(2)
         return std.clone(), mean.clone()
     return None, None
@@ -193,23 +230,28 @@ def load_chattts(
     verify_sha256: Mapping[str, str] | None = None,
     spk_stat: str | None = None,
     residual_scale_base: ScaleBase = "levels_minus_1",
+    paths: CheckpointPaths | None = None,
 ) -> ChatTTSModels:
-    """Load every ChatTTS module from `root`; the GPT (stack, embeddings, heads) runs in `dtype`, decoding in float32.
+    """Load every ChatTTS module from `root` (or from `paths`, file by file); the GPT (stack, embeddings, heads) runs
+    in `dtype`, decoding in float32.
 
-    `verify_sha256` uses the reference's map keys (`sha256_asset_DVAE_safetensors`, ...). Raises ModelLoadError
-    naming the file (and the tensor) that is missing, corrupt or of the wrong shape.
+    `verify_sha256` uses the reference's map keys (`sha256_asset_DVAE_safetensors`, ...) for files under `root`.
+    Raises ModelLoadError naming the file (and the tensor) that is missing, corrupt or of the wrong shape.
     """
     root = Path(root)
-    for rel in (*COMPONENT_FILES.values(), GPT_CONFIG, TOKENIZER):
-        if not (root / rel).is_file():
-            raise ModelLoadError(f"missing checkpoint file {root / rel}")
+    paths = paths or CheckpointPaths.under(root)
+    for path in paths.required():
+        if not path.is_file():
+            raise ModelLoadError(f"missing checkpoint file {path}")
     if verify_sha256:
         verify_files(root, verify_sha256)
+    gpt_config = paths.gpt_dir / "config.json"
     try:
-        gpt_json = json.loads((root / GPT_CONFIG).read_text())
+        gpt_json = json.loads(gpt_config.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {root / GPT_CONFIG}: {exc}") from exc
-    tensors = {c: _read_tensors(root / rel) for c, rel in COMPONENT_FILES.items()}
+        raise ModelLoadError(f"cannot read {gpt_config}: {exc}") from exc
+    files = paths.files()
+    tensors = {c: _read_tensors(path) for c, path in files.items()}
     shapes = {c: {k: tuple(v.shape) for k, v in t.items()} for c, t in tensors.items()}
     try:
         cfg = _consistent(config_from_shapes(gpt_json, shapes, residual_scale_base))
@@ -224,19 +266,20 @@ def load_chattts(
             "gpt": Transformer(cfg.gpt),
         }
     for comp, module in modules.items():
-        _load_into(module, tensors[comp], comp, root / COMPONENT_FILES[comp])
+        _load_into(module, tensors[comp], comp, files[comp])
     del tensors
+    tokenizer_file = paths.tokenizer_dir / "tokenizer.json"
     try:
-        tokenizer = ChatTTSTokenizer(root / TOKENIZER)
+        tokenizer = ChatTTSTokenizer(tokenizer_file)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read {root / TOKENIZER}: {exc}") from exc
+        raise ModelLoadError(f"cannot read {tokenizer_file}: {exc}") from exc
     if len(tokenizer) > cfg.embed.num_text_tokens:
         raise ModelLoadError(
-            f"{root / TOKENIZER} has {len(tokenizer)} tokens but emb_text has {cfg.embed.num_text_tokens} rows"
+            f"{tokenizer_file} has {len(tokenizer)} tokens but emb_text has {cfg.embed.num_text_tokens} rows"
         )
-    std, mean = _speaker_stats(root, spk_stat, cfg.gpt.hidden_size)
+    std, mean = _speaker_stats(paths.embed.parent, spk_stat, cfg.gpt.hidden_size)
     gpt = ChatTTSGPT(modules["gpt"], modules["embed"]).to(device=device, dtype=dtype).eval()
-    gpt.source = LMSource((root / GPT_CONFIG).parent, stock_head=False)
+    gpt.source = LMSource(paths.gpt_dir, stock_head=False)
     return ChatTTSModels(
         config=cfg,
         gpt=gpt,

@@ -119,6 +119,11 @@ class Normalizer:
             text = _map_outside_tags(text, lambda piece: _INVALID.sub("", piece))
         return text
 
+    @property
+    def defaults(self) -> tuple[str, ...]:
+        """Languages still served by our default normalizers (`register` replaces one, `unregister` removes one)."""
+        return tuple(sorted(self._defaults))
+
     def register(self, name: str, normalizer: Callable[[str], str]) -> bool:
         """Add a language fn (str -> str) under `name`; False if a user fn holds the name or the fn fails a probe."""
         if name in self.normalizers and name not in self._defaults:

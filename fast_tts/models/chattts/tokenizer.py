@@ -73,9 +73,9 @@ class ChatTTSTokenizer:
             input_ids[:, width - tp :] = prompt_codes.t().to(torch.long)[None]
         return input_ids, mask, text_mask
 
-    def decode(self, ids: list[int]) -> str:
-        """Text of ids with special tokens kept, WordPiece-joined and with the BERT spacing clean-up."""
-        text = self._tok.decode(ids, skip_special_tokens=False)
-        for old, new in _CLEANUPS:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False, clean_up: bool = True) -> str:
+        """Text of ids, WordPiece-joined; special tokens kept and the BERT spacing clean-up applied by default."""
+        text = self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        for old, new in _CLEANUPS if clean_up else ():
             text = text.replace(old, new)
         return text

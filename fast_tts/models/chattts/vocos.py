@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fast_tts.models.chattts.blocks import ConvNeXtBlock, length_mask, masked
+from fast_tts.models.chattts.blocks import ConvNeXtBlock, masked
 from fast_tts.models.chattts.config import VocosConfig
 from fast_tts.models.chattts.mel import MelSpectrogramFeatures
 
@@ -65,16 +65,13 @@ class Vocos(nn.Module):
         """Wavs (B, (F - 1) * hop) for a mel batch (B, 100, F) whose rows all have F valid frames."""
         return self.head.to_wav(self.head.spectrum(self.backbone(mel, None)))
 
-    def decode(self, mel: torch.Tensor, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Per-row wavs of (frames[b] - 1) * hop samples; padding frames of a row never reach its audio."""
-        if bool((frames == mel.shape[-1]).all()):
-            return list(self.forward(mel))
-        mask = length_mask(frames, mel.shape[-1], mel.dtype)
+    def decode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Wavs (B, (F - 1) * hop) of a mel batch (B, 100, F) (the reference's `chat.vocos.decode`)."""
+        return self.forward(mel)
+
+    def decode_packed(self, mel: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Wavs of rows packed along time in mel (1, 100, F): row i is frames [start, start + n) of `spans`, `mask`
+        (1, 1, F) is 1 on row frames; (n - 1) * hop samples each, as if decoded alone (the gaps between rows must
+        be at least as wide as the convolutions reach: 3 frames here)."""
         spec = self.head.spectrum(self.backbone(mel, mask))
-        out = []
-        for b, n in enumerate(frames.tolist()):
-            if n <= 1:
-                out.append(mel.new_zeros(0))
-            else:
-                out.append(self.head.to_wav(spec[b : b + 1, :, :n])[0])
-        return out
+        return [self.head.to_wav(spec[:, :, s : s + n])[0] if n > 1 else mel.new_zeros(0) for s, n in spans]
