@@ -134,6 +134,8 @@ def test_eight_concurrent_requests_all_finish(side) -> None:
     for i, r in enumerate(out["results"]):
         assert r["error"] is None and r["finish"] == "length" and len(r["ids"]) == 20 + 5 * i
     assert out["stats"]["active"] == 0 and out["engine_unfinished"] == 0
+    # the caller's event loop never waits on the engine (a generous bound: a blocked loop would wait for seconds)
+    assert out["max_loop_gap"] < 0.5
 
 
 def test_cancelling_a_request_frees_it(side) -> None:
@@ -176,6 +178,15 @@ def test_a_head_size_cpu_attention_refuses_fails_at_construction(side, tmp_path)
     folder = write_random_qwen2(tmp_path / "h16", hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=2048)
     err = side.call("construct", folder=str(folder), max_seq=128)
     assert err["error"] == "ModelLoadError" and "head size 16" in err["message"]
+
+
+def test_chattts_gpt_is_refused_at_construction(side, tmp_path) -> None:
+    from chattts_checkpoint import build_checkpoint
+    from test_chattts_loader import SMALL_DIMS
+
+    build_checkpoint(tmp_path, SMALL_DIMS, seed=3)
+    err = side.call("construct_chattts", root=str(tmp_path))
+    assert err["error"] == "UnsupportedOperationError" and "ChatTTS" in err["message"]
 
 
 def _reference(tmp_path: Path) -> tuple[bytes, str]:

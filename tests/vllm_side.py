@@ -50,6 +50,16 @@ class Side:
     async def op_restarts(self) -> dict:
         return {"restarts": self.backend.restarts}
 
+    async def op_construct_chattts(self, root: str) -> dict:
+        """Build a vLLM backend over ChatTTS's code LM, which it must refuse; report the error."""
+        from fast_tts.models.chattts.loader import load_chattts
+
+        try:
+            create_backend("vllm", load_chattts(root, device="cpu").code_lm)
+        except Exception as exc:  # reported to the test
+            return {"error": type(exc).__name__, "message": str(exc)}
+        return {"error": None}
+
     async def op_submit_error(self, prompt: list[list[int]], params: dict) -> dict:
         try:
             self.backend.submit(torch.tensor(prompt), SamplingParams(**params))
@@ -84,12 +94,24 @@ class Side:
                 return {"ids": ids, "finish": None, "error": f"{type(exc).__name__}: {exc}"}
             return {"ids": ids, "finish": stream.finish_reason, "error": None}
 
+        gaps = [0.0]
+
+        async def tick():  # how long this event loop ever waits to run a task while the engine works
+            loop = asyncio.get_running_loop()
+            while True:
+                before = loop.time()
+                await asyncio.sleep(0.01)
+                gaps[0] = max(gaps[0], loop.time() - before - 0.01)
+
+        ticker = asyncio.ensure_future(tick())
         results = await asyncio.gather(*(read(s, r.get("cancel_after")) for s, r in zip(streams, requests)),
                                        *(read(s, None) for s in bad))
+        ticker.cancel()
         await asyncio.sleep(0.2)
         engine_unfinished = await asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(_unfinished(b), b._loop))
-        return {"results": results, "stats": b.stats(), "engine_unfinished": engine_unfinished}
+        return {"results": results, "stats": b.stats(), "engine_unfinished": engine_unfinished,
+                "max_loop_gap": gaps[0]}
 
     async def op_megatts3(self, root: str, text: str, params: dict) -> dict:
         from fast_tts.engine.megatts3 import AsyncMega3Engine
