@@ -199,8 +199,8 @@ class Chat:
         backend = options.pop("backend", self.config.backend)
         if use_vllm:
             # vLLM samples one token per step and returns no hidden states, while ChatTTS's GPT samples four codebooks
-            # jointly and feeds their summed embeddings back (README, "vLLM backend"). As upstream ChatTTS does where
-            # its vLLM path cannot run, the GPT runs on the continuous-batching torch backend instead.
+            # jointly and feeds their summed embeddings back (README, "vLLM backend"); scripts written for upstream
+            # keep working, with the GPT on the continuous-batching backend.
             self.logger.warning(
                 "use_vllm=True: vLLM cannot run ChatTTS's four-codebook GPT; it runs on fast-tts's %r backend "
                 "(continuous batching) instead", backend)
