@@ -155,7 +155,8 @@ class VLLMBackend:
         vprompt, length = self._prompt(prompt)
         sampling = self._sampling(params, length)
         number = next(self._ids)
-        req = _Request(None, f"fast-tts-{number}", vprompt, sampling, frozenset(params.stop_token_ids))  # type: ignore[arg-type]
+        stops = frozenset(params.stop_token_ids)
+        req = _Request(None, f"fast-tts-{number}", vprompt, sampling, stops)  # type: ignore[arg-type]
         req.stream = GenerationStream(number, 1, lambda _stream: self._loop.call_soon_threadsafe(self._abort, req))
         if sampling is None:  # max_new_tokens == 0
             req.stream.deliver([], finish=FINISH_LENGTH)
@@ -367,8 +368,10 @@ def _check_platform(device: torch.device, config: dict[str, Any], folder: Path) 
     if not any(a in supported for a in archs):
         raise ModelLoadError(f"vLLM does not know the architecture {archs} of {folder / 'config.json'}")
     if device.type == "cpu":
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
+        try:
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+        except ImportError:  # another vLLM layout: its own start-up check remains
+            return
         sizes = CPUAttentionBackend.get_supported_head_sizes()
         if _head_dim(config) not in sizes:
             raise ModelLoadError(f"{folder}: head size {_head_dim(config)} is not one vLLM's CPU attention supports "
