@@ -32,14 +32,12 @@ from typing import Any
 import torch
 
 from fast_tts.backends.base import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, GenerationStream, StepOutput
+from fast_tts.devices import resolve_dtype
 from fast_tts.errors import EngineClosedError, InvalidInputError, ModelLoadError, UnsupportedOperationError
 from fast_tts.models.lm import LMAdapter
 from fast_tts.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
 @dataclass(eq=False)
@@ -87,8 +85,8 @@ class VLLMBackend:
             raise UnsupportedOperationError("the vLLM backend samples one token per step (num_codebooks == 1)")
         self.folder = Path(source.folder)
         self.max_batch, self.max_seq, self.num_codebooks = max_batch, max_seq, 1
-        self.dtype = _resolve_dtype(dtype)
         self.device = torch.device(device)
+        self.dtype = "bfloat16" if resolve_dtype(dtype, self.device) == torch.bfloat16 else "float32"
         self.prompt_embeds = prompt_embeds
         config = _read_config(self.folder)
         self.vocab_size = int(config["vocab_size"])
@@ -325,16 +323,6 @@ def _request_error(exc: BaseException) -> BaseException:
         return RuntimeError(f"the vLLM engine core died during this request (a new one starts for later "
                             f"requests): {exc}")
     return exc
-
-
-def _resolve_dtype(dtype: str | torch.dtype) -> str:
-    if dtype == "auto":
-        from fast_tts.backends.torch_backend import bf16_supported
-
-        return "bfloat16" if bf16_supported() else "float32"
-    if dtype not in _DTYPES:
-        raise InvalidInputError(f"dtype must be one of float32, bfloat16, auto; got {dtype!r}", "dtype")
-    return _DTYPES[dtype]
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
