@@ -226,9 +226,12 @@ class Chat:
             raise MissingDependencyError("use_flash_attn=True needs flash-attn: pip install flash-attn")
         backend = options.pop("backend", self.config.backend)
         if use_vllm:
-            if _missing("vllm"):
-                raise MissingDependencyError("use_vllm=True needs vLLM: pip install vllm (a CUDA machine)")
-            backend = "vllm"
+            # vLLM samples one token per step and returns no hidden states, while ChatTTS's GPT samples four codebooks
+            # jointly and feeds their summed embeddings back (README, "vLLM backend"); scripts written for upstream
+            # keep working, with the GPT on the continuous-batching backend.
+            self.logger.warning(
+                "use_vllm=True: vLLM cannot run ChatTTS's four-codebook GPT; it runs on fast-tts's %r backend "
+                "(continuous batching) instead", backend)
         root = self.download_models(source, force_redownload, custom_path)
         if root is None:
             return False

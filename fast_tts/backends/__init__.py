@@ -40,6 +40,10 @@ def create_backend(name: str, adapter: Any, **options: Any) -> Generator:
         raise MissingDependencyError(
             f"backend {key!r} needs the {package!r} package: pip install {package}"
         )
+    if key == "vllm":
+        from fast_tts.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(adapter, **options)
     raise UnsupportedOperationError(
         f"backend {key!r}: {package} is installed, but fast-tts does not drive it yet; use backend='torch'"
     )

@@ -189,7 +189,7 @@ class AsyncMega3Engine(AsyncEngine):
             return self._backend
 
     async def _g2p_all(self, texts: list[str], seed: int, params: dict[str, Any]) -> list[tuple[list[int], str]]:
-        backend = self._get_backend()
+        backend = await asyncio.to_thread(self._get_backend)  # an external engine may take a while to start
         g2p = self.models.g2p
         streams = [backend.submit(torch.tensor(g2p.prompt_ids(t))[:, None], self._sampling(params, seed + i))
                    for i, t in enumerate(texts)]
