@@ -62,16 +62,36 @@ async def torch_greedy(folder: Path, n_prompts: int = 3, tokens: int = GREEDY_TO
         await backend.shutdown()
 
 
-async def check_greedy_matches_torch(backend, adapter, reference: list[list[int]]) -> None:
-    """Greedy ids equal the torch backend's for every prompt, and are diverse (no collapse onto a few ids)."""
-    streams = [backend.submit(p, SamplingParams(temperature=0.0, max_new_tokens=len(reference[0])))
-               for p in prompts(adapter, len(reference))]
+def logit_gap(adapter, prompt: torch.Tensor, generated: list[int], a: int, b: int) -> float:
+    """|logit(a) - logit(b)| of the float32 torch model after `prompt` + `generated` (teacher forced)."""
+    ids = prompt[:, 0].tolist() + generated
+    with torch.no_grad():
+        hidden = adapter.transformer(adapter.embed(torch.tensor([ids])[..., None]), torch.arange(len(ids))[None],
+                                     use_cache=False)
+        logits = adapter.logits(hidden[:, -1])[0, 0]
+    return abs(float(logits[a] - logits[b]))
+
+
+async def check_greedy_matches_torch(backend, adapter, reference: list[list[int]], tie: float) -> None:
+    """Greedy ids equal the torch backend's, and are diverse (no collapse onto a few ids).
+
+    The engines compute in other precisions (f16 weights, other summation orders), so where torch's own top two
+    logits are closer than `tie` the other engine may legitimately pick the other one: a prompt may part from
+    torch's ids only at such a near-tie, and at least two prompts must agree for 48 tokens or more.
+    """
+    ps = prompts(adapter, len(reference))
+    streams = [backend.submit(p, SamplingParams(temperature=0.0, max_new_tokens=len(reference[0]))) for p in ps]
     got = [r.token_ids[:, 0].tolist() for r in await asyncio.gather(*(s.collect() for s in streams))]
-    for ours, ref in zip(got, reference):
+    agreed = []
+    for p, ours, ref in zip(ps, got, reference):
         assert len(set(ref)) >= len(ref) // 2, "the reference collapsed onto few ids: the check would be weak"
-        first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
-        assert ours == ref, f"greedy ids differ from torch's at step {first}: {ours[first:first + 5]} vs " \
-                            f"{ref[first:first + 5]}"
+        assert len(ours) == len(ref)
+        first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), len(ref))
+        agreed.append(first)
+        if first < len(ref):
+            gap = logit_gap(adapter, p, ref[:first], ours[first], ref[first])
+            assert gap < tie, f"greedy ids part from torch's at step {first} where torch's logits differ by {gap}"
+    assert sum(n >= 48 for n in agreed) >= 2, agreed
 
 
 async def check_seeded_sampling(backend, adapter) -> None:

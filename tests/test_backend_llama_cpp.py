@@ -67,7 +67,9 @@ else:
     async def test_greedy_ids_equal_torch(make, qwen2, reference, gguf_type) -> None:
         backend = make(gguf_type=gguf_type)
         assert backend.path.name == f"fast-tts-qwen2-{gguf_type}.gguf"
-        await check_greedy_matches_torch(backend, G2P.from_folder(qwen2), reference)
+        # f16 weights: max logit error about 2e-2 at logit std 2.2 (../shared/notes/backends.md); f32: about 6e-3
+        tie = 0.05 if gguf_type == "f16" else 0.02
+        await check_greedy_matches_torch(backend, G2P.from_folder(qwen2), reference, tie)
 
     async def test_q8_0_runs_and_mostly_agrees(make, qwen2, reference) -> None:
         backend = make(gguf_type="q8_0")
@@ -75,8 +77,8 @@ else:
         assert backend.path.stat().st_size < gguf_path(adapter.source, "f16").stat().st_size * 0.7
         got = await backend.submit(torch.tensor(adapter.prompt_ids("hello world"))[:, None],
                                    SamplingParams(temperature=0.0, max_new_tokens=64)).collect()
-        ids = got.token_ids[:, 0].tolist()
-        assert len(ids) == 64 and ids[:4] == reference[0][:4]  # 8-bit weights: early tokens agree
+        ids = got.token_ids[:, 0].tolist()  # how far 8-bit weights agree is measured in benchmarks/backends.py
+        assert len(ids) == 64 and len(set(ids)) > 32 and ids[0] == reference[0][0]
 
     async def test_seeded_sampling_repeats(make, qwen2) -> None:
         await check_seeded_sampling(make(), G2P.from_folder(qwen2))
@@ -140,3 +142,94 @@ else:
 
         root = build_checkpoint(tmp_path / "plain", seed=int(cases()["seed"]), aligner_seq=None)
         await check_megatts3_same_audio("llama-cpp", aligner_variant(root, DEFAULT_ALIGNER_SEQ), tmp_path)
+
+    @pytest.fixture(scope="module")
+    def chattts(tmp_path_factory):
+        from pathlib import Path
+
+        from chattts_checkpoint import build_fixture_checkpoint
+
+        fixtures = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "chattts"
+        if not (fixtures / "config.json").is_file():
+            pytest.skip(f"no ChatTTS fixtures at {fixtures}")
+        root = tmp_path_factory.mktemp("chattts")
+        build_fixture_checkpoint(root, fixtures)
+        return root
+
+    async def test_chattts_gpt_runs_on_embeddings_in_and_hidden_states_out(chattts) -> None:
+        from fast_tts.engine.chattts_runtime import code_sampling
+        from fast_tts.models.chattts.loader import load_chattts
+
+        models = load_chattts(chattts)
+        prompt = torch.randn(9, models.config.gpt.hidden_size, generator=torch.Generator().manual_seed(0))
+        text = torch.tensor([[5], [17], [40], [3], [99]])
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=32, return_hidden=True)
+        sampled = code_sampling(0.3, 0.7, 20, 1.05, 24, 24, 625, 3, True, True)
+        out = {}
+        for name, options in (("torch", {}), ("llama-cpp", {"gguf_type": "f32"})):
+            models = load_chattts(chattts)
+            code = create_backend(name, models.code_lm, max_batch=2, max_seq=128, dtype="float32", **options)
+            text_lm = models.text_lm
+            text_lm.transformer = models.gpt.transformer.sharing_weights()  # a KV cache of its own, as the runtime
+            refine = create_backend(name, text_lm, max_batch=2, max_seq=128, dtype="float32", **options)
+            try:
+                out[name] = await asyncio.gather(code.submit(prompt, greedy).collect(),
+                                                 code.submit(prompt, sampled).collect(),
+                                                 refine.submit(text, SamplingParams(temperature=0.0,
+                                                                                    max_new_tokens=16)).collect())
+            finally:
+                await code.shutdown()
+                await refine.shutdown()
+        ours, ref = out["llama-cpp"], out["torch"]
+        assert torch.equal(ours[0].token_ids, ref[0].token_ids) and ref[0].token_ids.shape == (32, 4)
+        assert len(set(ref[0].token_ids.flatten().tolist())) > 16
+        assert (ours[0].hiddens - ref[0].hiddens).abs().max() < 0.02 * ref[0].hiddens.std()
+        # sampling with ChatTTS's settings is fast-tts's own sampler on llama.cpp's hidden states: the same draws
+        assert torch.equal(ours[1].token_ids[:8], ref[1].token_ids[:8])
+        assert torch.equal(ours[2].token_ids, ref[2].token_ids)  # refine-text mode: ids in, the text head
+
+    async def test_chattts_engine_greedy_audio_matches_torch(chattts, tmp_path) -> None:
+        import numpy as np
+
+        from fast_tts.engine.chattts import AsyncChatTTSEngine
+
+        params = {"max_tokens": 40, "min_tokens": 40, "seed": 3, "temperature": 0.0}
+        audio = {}
+        for name, options in (("torch", None), ("llama-cpp", {"gguf_type": "f32"})):
+            engine = AsyncChatTTSEngine(chattts, dtype="float32", backend=name, backend_options=options,
+                                        speakers_dir=tmp_path / name)
+            try:
+                audio[name] = (await engine.speak_async("hello world", **params)).astype(np.float64)
+            finally:
+                await engine.shutdown()
+        ref, ours = audio["torch"], audio["llama-cpp"]
+        assert ours.shape == ref.shape and np.abs(ref).max() > 0
+        snr = 10 * np.log10((ref**2).sum() / ((ours - ref) ** 2).sum())
+        assert snr > 40, snr  # same codes; the Decoder hears hidden states within llama.cpp's rounding
+
+    async def test_a_prompt_the_adapter_rejects_fails_alone(chattts) -> None:
+        from fast_tts.models.chattts.gpt import CodeLM
+        from fast_tts.models.chattts.loader import load_chattts
+
+        class PickyLM(CodeLM):
+            """ChatTTS's code adapter that refuses prompts holding code 13 in every codebook."""
+
+            def embed(self, tokens):
+                if bool((tokens == 13).all(-1).any()):
+                    raise ValueError("code 13 is not allowed here")
+                return super().embed(tokens)
+
+        models = load_chattts(chattts)
+        backend = create_backend("llama-cpp", PickyLM(models.gpt), max_batch=4, max_seq=128)
+        try:
+            good = [backend.submit(torch.tensor([[1, 2, 3, 4]] * (3 + i)), SamplingParams(max_new_tokens=12, seed=i))
+                    for i in range(3)]
+            bad = backend.submit(torch.full((5, 4), 13), SamplingParams(max_new_tokens=12))
+            with pytest.raises(ValueError, match="code 13"):
+                await bad.collect()
+            results = await asyncio.gather(*(s.collect() for s in good))
+            assert [r.token_ids.shape for r in results] == [(12, 4)] * 3
+            after = await backend.submit(torch.tensor([[1, 2, 3, 4]]), SamplingParams(max_new_tokens=4)).collect()
+            assert after.token_ids.shape == (4, 4)
+        finally:
+            await backend.shutdown()

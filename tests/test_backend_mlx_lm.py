@@ -62,7 +62,7 @@ else:
             await backend.shutdown()
 
     async def test_greedy_ids_equal_torch(make, qwen2, reference) -> None:
-        await check_greedy_matches_torch(make(dtype="float32"), G2P.from_folder(qwen2), reference)
+        await check_greedy_matches_torch(make(dtype="float32"), G2P.from_folder(qwen2), reference, tie=0.01)
 
     async def test_seeded_sampling_repeats(make, qwen2) -> None:
         await check_seeded_sampling(make(), G2P.from_folder(qwen2))

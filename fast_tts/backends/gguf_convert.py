@@ -5,12 +5,14 @@ hyper-parameters, and no tokenizer (tokenizer model "none" with the embedding's 
 fast-tts tokenizes itself and hands llama.cpp token ids or embeddings. `q8_0` is the f16 file quantized by
 llama.cpp's own `llama_model_quantize`.
 - A stock causal LM (`LMSource.stock_head`) keeps its head: arch `qwen2` or `llama`, ids in, logits out.
-- A decoder whose heads live elsewhere (ChatTTS) becomes `llama-embed` (a Llama without the LM head): embeddings in,
-  final-norm hidden states out. Qwen2 bodies without a stock head keep arch `qwen2` (the unused head is computed).
+- A decoder whose heads live elsewhere (ChatTTS) keeps its arch but gets a one-row placeholder token table (it is
+  only ever fed embeddings) and no head, so llama.cpp's head is that one row: an unused logit that costs nothing.
+  The backend reads the final-norm hidden states. (llama.cpp's head-less `llama-embed` arch would fit, but it
+  attends without the KV cache, so it cannot decode.)
 - Llama's rotary embedding in llama.cpp rotates adjacent pairs, Hugging Face's rotates the two halves of each head:
   Llama q/k rows are reordered per head so both compute the same thing. Qwen2 uses the halves form in both.
 
-Files are cached next to the checkpoint (`<folder>/fast-tts-<arch>-<type>.gguf`) or, when that folder is read-only,
+Files are cached next to the checkpoint (`<folder>/fast-tts-<arch>[-body]-<type>.gguf`) or, when that folder is read-only,
 under the cache dir; a JSON sidecar records the source files' sizes and modification times, and a mismatch (the
 checkpoint changed) rebuilds the file. Builders of the same file wait on a lock file, so one converts.
 """
@@ -74,13 +76,13 @@ def read_config(folder: Path) -> dict:
         raise ModelLoadError(f"cannot read {folder / 'config.json'}: {exc}") from exc
 
 
-def gguf_arch(config: dict, stock_head: bool) -> str:
+def gguf_arch(config: dict) -> str:
     """llama.cpp architecture for a Hugging Face config (ModelLoadError for one we do not convert)."""
     kind = str(config.get("model_type", "")).lower()
     if kind == "qwen2":
         return "qwen2"
     if kind == "llama":
-        return "llama" if stock_head else "llama-embed"
+        return "llama"
     raise ModelLoadError(f"the llama.cpp backend converts Llama and Qwen2 checkpoints, not model_type {kind!r}")
 
 
@@ -120,8 +122,8 @@ def gguf_path(source: LMSource, gguf_type: str = "f16", cache_dir: str | Path | 
     """
     check_gguf_type(gguf_type)
     folder = Path(source.folder).resolve()
-    arch = gguf_arch(read_config(folder), source.stock_head)
-    name = f"fast-tts-{arch}-{gguf_type}.gguf"
+    arch = gguf_arch(read_config(folder))
+    name = f"fast-tts-{arch}{'' if source.stock_head else '-body'}-{gguf_type}.gguf"
     if cache_dir is not None:
         target_dir = Path(cache_dir)
     elif os.access(folder, os.W_OK):
@@ -199,7 +201,7 @@ def write_gguf(folder: Path, out: Path, gguf_type: str, stock_head: bool) -> Non
     if gguf_type not in ("f32", "f16"):
         raise InvalidInputError(f"write_gguf writes f32 or f16, got {gguf_type!r}", "gguf_type")
     cfg = read_config(folder)
-    arch = gguf_arch(cfg, stock_head)
+    arch = gguf_arch(cfg)
     try:
         hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -239,6 +241,8 @@ def write_gguf(folder: Path, out: Path, gguf_type: str, stock_head: bool) -> Non
                 continue
             gg = "output.weight"
         elif name == "embed_tokens.weight":
+            if not stock_head:
+                continue
             gg, vocab = "token_embd.weight", value.shape[0]
         elif name == "norm.weight":
             gg = "output_norm.weight"
@@ -255,6 +259,9 @@ def write_gguf(folder: Path, out: Path, gguf_type: str, stock_head: bool) -> Non
             raise ModelLoadError(f"{folder}: tensor {name!r} has no llama.cpp counterpart")
         seen.add(gg)
         writer.add_tensor(gg, value.astype(float_type if value.ndim == 2 else np.float32))
+    if not stock_head:  # fed embeddings only; llama.cpp still wants a token table: one placeholder row
+        writer.add_tensor("token_embd.weight", np.zeros((1, hidden), dtype=float_type))
+        vocab = 1
     if vocab is None:
         raise ModelLoadError(f"{folder}: no embed_tokens.weight (llama.cpp needs the token embedding table)")
     for layer in range(layers):

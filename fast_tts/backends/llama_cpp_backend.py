@@ -11,8 +11,8 @@ Two modes, from the adapter's `LMSource`:
   (temperature, repetition penalty, top-p, top-k in our order, then a `dist` sampler seeded with the request's seed);
   llama.cpp applies the repetition penalty once per distinct token in the window (Hugging Face's rule), where the
   torch backend compounds it per occurrence.
-- own heads (ChatTTS's GPT): the GGUF is the decoder without a head (`llama-embed`); prompts and generated tokens go
-  in as embeddings made by the adapter, llama.cpp returns final-norm hidden states, and the adapter's heads and
+- own heads (ChatTTS's GPT): the GGUF is the decoder with a one-row placeholder head (see gguf_convert); prompts
+  and generated tokens go in as embeddings made by the adapter, llama.cpp returns final-norm hidden states, and the adapter's heads and
   fast-tts's sampler (`BatchSampler`) pick the tokens, with every SamplingParams field as on the torch backend.
 
 The GGUF comes from `gguf_convert.gguf_path` (f16 by default, f32 or q8_0 on request).
@@ -61,7 +61,7 @@ class LlamaCppBackend(WorkerBackend):
 
     def __init__(self, adapter: LMAdapter, max_batch: int = 8, max_seq: int = 2048, gguf_type: str | None = None,
                  dtype: Any = "auto", device: Any = "cpu", num_threads: int | None = None, prefill_chunk: int = 512,
-                 gguf_dir: str | Path | None = None, compile: bool = False) -> None:
+                 gguf_dir: str | Path | None = None, kv_type: str = "f16", compile: bool = False) -> None:
         import llama_cpp
 
         if compile:
@@ -79,6 +79,9 @@ class LlamaCppBackend(WorkerBackend):
         self.adapter = adapter
         self.stock_head = bool(source.stock_head)
         self.gguf_type = gguf_type
+        if kv_type not in ("f16", "f32"):
+            raise InvalidInputError(f"kv_type must be f16 or f32, got {kv_type!r}", "kv_type")
+        self.kv_type = kv_type
         self.path = gguf_path(source, gguf_type, gguf_dir)
         self._lib = llama_cpp
         _quiet_llama_logs()
@@ -123,6 +126,8 @@ class LlamaCppBackend(WorkerBackend):
         cparams.kv_unified = False  # each sequence gets its own max_seq cells
         cparams.embeddings = not self.stock_head
         cparams.pooling_type = lib.LLAMA_POOLING_TYPE_NONE
+        if self.kv_type == "f32":
+            cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ModelLoadError(f"llama.cpp could not create a context for {self.path} "
