@@ -66,8 +66,7 @@ def logit_gap(adapter, prompt: torch.Tensor, generated: list[int], a: int, b: in
     """|logit(a) - logit(b)| of the float32 torch model after `prompt` + `generated` (teacher forced)."""
     ids = prompt[:, 0].tolist() + generated
     with torch.no_grad():
-        hidden = adapter.transformer(adapter.embed(torch.tensor([ids])[..., None]), torch.arange(len(ids))[None],
-                                     use_cache=False)
+        hidden = adapter.transformer(adapter.embed(torch.tensor([ids])[..., None]), torch.arange(len(ids))[None])
         logits = adapter.logits(hidden[:, -1])[0, 0]
     return abs(float(logits[a] - logits[b]))
 

@@ -10,6 +10,7 @@ import pytest
 
 if importlib.util.find_spec("mlx_lm") is None:
 
+    @pytest.mark.timeout(1800)  # the whole module runs inside this one test
     def test_mlx_backend_in_its_environment() -> None:
         from backend_suite import run_module_in_env
 
