@@ -14,7 +14,7 @@ Random weights: normal with std `--std` (0.05 keeps the greedy ids diverse at th
 Qwen2.5-0.5B, vocabulary 152469 (the G2P's); the model folder and its GGUF files are cached under `--workdir`.
 
     flock /work/bench.lock python benchmarks/backends.py
-    python benchmarks/backends.py --rows "torch bf16" "llama.cpp q8_0"
+    python benchmarks/backends.py --rows "torch bf16" "llama.cpp q8_0" --no-reference
 """
 
 from __future__ import annotations
@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", help="row names (default: all)")
     parser.add_argument("--workdir", default=os.path.join(os.path.expanduser("~"), ".cache", "fast-tts", "bench"))
     parser.add_argument("--std", type=float, default=0.05)
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="print the notes' reference figure instead of measuring transformers' generate")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,36 +179,31 @@ def main() -> None:
 
     folder = model_folder(Path(args.workdir), args.std)
     rows = [r for r in ROWS if not args.rows or r.name in args.rows]
-    if BASELINE not in [r.name for r in rows]:
-        rows.insert(0, next(r for r in ROWS if r.name == BASELINE))
-    results: dict[str, dict] = {}
-    ref_python = env_python(REFERENCE_ENV)
-    if ref_python is not None:
-        results["reference"] = run_row("reference", ref_python, folder)
-    for row in rows:
-        python = env_python(row.env)
-        results[row.name] = run_row(row.name, python, folder) if python else {"error": f"no {row.env} env"}
-        print(f"  {row.name}: done", file=sys.stderr, flush=True)
-
-    base = results.get(BASELINE, {}).get("ids")
-    ref = results.get("reference", {})
+    rows = [next(r for r in ROWS if r.name == BASELINE)] + [r for r in rows if r.name != BASELINE]
+    ref_python = env_python(REFERENCE_ENV) if args.reference else None
+    ref = run_row("reference", ref_python, folder) if ref_python is not None else {}
     ref_s = ref.get("batch1_s", REFERENCE_NOTE_S)
-    ref_label = "measured now" if "batch1_s" in ref else "from the notes"
-    print(f"G2P, Qwen2.5-0.5B shape (random weights, std {args.std}), {TOKENS} greedy tokens; "
-          f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
-    print(f"reference (transformers generate, float32, batch 1): {ref_s:.2f} s ({ref_label}); "
-          f"greedy agreement with torch float32 {agreement(ref['ids'], base) if 'ids' in ref else '-'}")
-    header = (f"{'backend':<18}{'load s':>8}{'batch 1 s':>11}{'tok/s':>8}{'vs ref':>8}"
-              f"{f'{CONCURRENT} at once s':>15}{'tok/s':>8}{'agreement':>11}")
-    print(header)
-    for row in rows:
-        r = results[row.name]
+    base = None
+    for i, row in enumerate(rows):  # the baseline first: agreement is counted against it
+        python = env_python(row.env)
+        r = run_row(row.name, python, folder) if python else {"error": f"no {row.env} env"}
+        if row.name == BASELINE:
+            base = r.get("ids")
+        if i == 0:
+            ref_label = "measured now" if "batch1_s" in ref else "from the notes"
+            print(f"G2P, Qwen2.5-0.5B shape (random weights, std {args.std}), {TOKENS} greedy tokens; "
+                  f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
+            print(f"reference (transformers generate, float32, batch 1): {ref_s:.2f} s ({ref_label}); "
+                  f"greedy agreement with torch float32 {agreement(ref['ids'], base) if 'ids' in ref else '-'}")
+            print(f"{'backend':<18}{'load s':>8}{'batch 1 s':>11}{'tok/s':>8}{'vs ref':>8}"
+                  f"{f'{CONCURRENT} at once s':>15}{'tok/s':>8}{'agreement':>11}")
         if "error" in r:
-            print(f"{row.name:<18}  skipped: {r['error']}")
+            print(f"{row.name:<18}  skipped: {r['error']}", flush=True)
             continue
         print(f"{row.name:<18}{r['load_s']:>8.1f}{r['batch1_s']:>11.2f}{TOKENS / r['batch1_s']:>8.1f}"
               f"{ref_s / r['batch1_s']:>7.1f}x{r['batch8_s']:>15.2f}{r['tokens8'] / r['batch8_s']:>8.1f}"
-              f"{agreement(r['ids'], base):>11}")
+              f"{agreement(r['ids'], base):>11}", flush=True)
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
