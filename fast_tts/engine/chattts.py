@@ -62,6 +62,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         spk_stat: str | None = None,
         residual_scale_base: str = "levels_minus_1",
         compile: bool = False,
+        backend_options: dict[str, Any] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency, **kw)
@@ -70,7 +71,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         models = load_chattts(model_path, device=device, spk_stat=spk_stat, residual_scale_base=residual_scale_base)
         self.runtime = ChatTTSRuntime(models, backend=backend, dtype=dtype, device=device, max_batch=max_batch,
-                                      compile=compile)
+                                      compile=compile, backend_options=backend_options)
         self.normalizer = Normalizer()
         self.segments_in_flight = segments_in_flight
         self._default = self._default_speaker()

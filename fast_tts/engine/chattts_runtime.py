@@ -45,7 +45,10 @@ class CodeRequest:
 
 
 class ChatTTSRuntime:
-    """Loaded ChatTTS modules behind a code backend, a refine backend and a decode batcher."""
+    """Loaded ChatTTS modules behind a code backend, a refine backend and a decode batcher.
+
+    `backend` names the LM backend of both (`fast_tts.backends.BACKENDS`); `backend_options` go to it as well.
+    """
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class ChatTTSRuntime:
         decode_wait_s: float = 0.01,
         compile: bool = False,
         stream_plan: StreamPlan = StreamPlan(),
+        backend_options: dict[str, Any] | None = None,
     ) -> None:
         self.models = models
         self.stream_plan = stream_plan
@@ -68,7 +72,7 @@ class ChatTTSRuntime:
         self.eos_code = models.config.embed.num_audio_tokens - 1
         self.hidden_size = models.config.gpt.hidden_size
         text_lm = TextLM(models.gpt)
-        options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile}
+        options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile, **(backend_options or {})}
         self.code_gen = create_backend(backend, models.code_lm, max_batch=max_batch, max_seq=max_seq, **options)
         # bf16 generation decodes in bf16 too where the CPU has bf16 kernels (1.7x faster, about 36 dB SNR against
         # float32 decoding); float32 keeps the reference's numbers

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fast_tts.backends import backend_name
 from fast_tts.devices import bf16_fast
 from fast_tts.engine.base import AsyncEngine, Voice
 from fast_tts.engine.streaming import SegmentJoiner
@@ -69,7 +70,8 @@ def split_reference(reference_audio: Any) -> tuple[Any, Any]:
 class AsyncMega3Engine(AsyncEngine):
     """MegaTTS3 engine: `model_path` is the official checkpoint folder (diffusion_transformer/, ..., g2p/).
 
-    Reference-004 constructor. `batch_size`, `wait_timeout`, `llm_attn_implementation` and
+    Reference-004 constructor; `backend` is torch | llama-cpp | mlx-lm | sglang (+ `backend_options` for it, e.g.
+    {"gguf_type": "q8_0"}). `batch_size`, `wait_timeout`, `llm_attn_implementation` and
     `llm_gpu_memory_utilization` are accepted for compatibility and unused: segments of a request run one after
     another on the worker threads, while the G2P prompts of all its segments are batched in the LM backend.
     """
@@ -86,7 +88,8 @@ class AsyncMega3Engine(AsyncEngine):
     def __init__(self, model_path: str | Path, max_length: int = 32768, llm_device: str = "auto",
                  tokenizer_device: str = "auto", backend: str = "torch", llm_attn_implementation: str | None = None,
                  torch_dtype: str = "auto", llm_gpu_memory_utilization: float = 0.6, batch_size: int = 1,
-                 llm_batch_size: int = 8, wait_timeout: float = 0.01, seed: int = 0, **engine_options: Any) -> None:
+                 llm_batch_size: int = 8, wait_timeout: float = 0.01, seed: int = 0,
+                 backend_options: dict[str, Any] | None = None, **engine_options: Any) -> None:
         if torch_dtype not in TORCH_DTYPES:
             raise InvalidInputError(f"torch_dtype must be one of {', '.join(TORCH_DTYPES)}; got {torch_dtype!r}",
                                     field="torch_dtype")
@@ -101,12 +104,15 @@ class AsyncMega3Engine(AsyncEngine):
             log.warning("torch_dtype='bfloat16': no fast bf16 on %s, so the DiT and WaveVAE run in float32", device)
         self.pipeline = MegaTTS3Pipeline(self.models, bf16=bf16)
         self.seed = int(seed)
-        self.backend_name = backend
+        self.backend_name = backend_name(backend)
         self._backend_options = {"max_batch": max(1, int(llm_batch_size)), "max_seq": min(int(max_length), 4096),
                                  "device": _device(llm_device),
-                                 "dtype": "float32" if torch_dtype == "float16" else torch_dtype}
+                                 "dtype": "float32" if torch_dtype == "float16" else torch_dtype,
+                                 **(backend_options or {})}
         self._backend = None
         self._backend_lock = threading.Lock()
+        if self.backend_name != "torch":  # engines that load the checkpoint themselves fail here, not at a request
+            self._get_backend()
         self._compute = threading.Lock()  # one segment's DiT/WaveVAE at a time: they use every core already
 
     # ----- voices ---------------------------------------------------------------------------------------------

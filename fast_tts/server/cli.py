@@ -29,6 +29,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speakers-dir", default=None,
                         help="where saved speakers live (default $XDG_DATA_HOME/fast-tts/speakers)")
     parser.add_argument("--model-name", default=None, help="model id reported by /v1/models")
+    parser.add_argument("--backend", default=None,
+                        help="LM backend of ChatTTS / MegaTTS3: torch (default), llama-cpp, mlx-lm, sglang (each but "
+                             "torch is an extra; see the README)")
     parser.add_argument("--voice-alias", action="append", default=[], metavar="NAME=VOICE",
                         help="map an OpenAI voice name (alloy, nova, ...) to one of ours; repeatable")
     parser.add_argument("--openai-pcm-rate", type=int, default=24000,
@@ -132,10 +135,12 @@ def engine_factory(args: argparse.Namespace) -> Any:
     def build() -> Any:
         from fast_tts.engine.auto import AutoEngine
 
+        backend = {"backend": args.backend} if args.backend is not None else {}
         return AutoEngine(
             model_path=args.model,
             speakers_dir=args.speakers_dir or default_speakers_dir(),
             max_concurrency=args.engine_concurrency or args.max_concurrency,
+            **backend,
         )
 
     return build
