@@ -60,15 +60,15 @@ def prompt(models: ChatTTSModels, texts: list[str]) -> tuple[torch.Tensor, torch
 def generate(gpt: ChatTTSGPT, emb: torch.Tensor, mask: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy code generation for `steps` frames: codes (B, steps, 4) and hiddens (B, steps, H)."""
     b = emb.shape[0]
-    gpt.transformer.setup_cache(b, mask.shape[1] + steps + 1)
-    hidden, pos = gpt.prefill(emb, mask)
+    cache = gpt.transformer.new_cache(b, mask.shape[1] + steps + 1)
+    hidden, pos = gpt.prefill(emb, mask, cache)
     codes, hiddens = [], []
     for s in range(steps):
         hiddens.append(hidden)
         tok = gpt.embed.code_logits(hidden).argmax(-1)  # (B, 4)
         codes.append(tok)
         if s + 1 < steps:
-            hidden = gpt.step(gpt.embed.code_embedding(tok), pos + s)
+            hidden = gpt.step(gpt.embed.code_embedding(tok), pos + s, cache)
     return torch.stack(codes, 1), torch.stack(hiddens, 1)
 
 

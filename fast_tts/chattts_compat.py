@@ -189,8 +189,7 @@ class Chat:
         **options: Any,
     ) -> bool:
         """Load the checkpoint; True on success. `options` go to the runtime (dtype, backend, max_batch, ...)."""
-        import torch
-
+        from fast_tts.devices import pick_device
         from fast_tts.engine.chattts_runtime import ChatTTSRuntime
         from fast_tts.models.chattts.loader import load_chattts
 
@@ -206,7 +205,7 @@ class Chat:
         root = self.download_models(source, force_redownload, custom_path)
         if root is None:
             return False
-        device = torch.device(device) if device is not None else _default_device()
+        device = pick_device(device)
         dtype = options.pop("dtype", self.config.dtype)
         models = load_chattts(
             root,
@@ -266,7 +265,8 @@ class Chat:
         """Stop the running `infer` (from any thread) within one generation step."""
         self.context.set()
         if self.runtime is not None and self._loop is not None:
-            self._loop.loop.call_soon_threadsafe(self.runtime.cancel_all)
+            runtime = self.runtime
+            self._loop.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(runtime.stop_all()))
 
     def infer(
         self,
@@ -321,8 +321,7 @@ class Chat:
             p.temperature, p.top_P, p.top_K, p.repetition_penalty, p.min_new_token, p.max_new_token,
             runtime.models.tokenizer.eos_id, p.manual_seed, p.ensure_non_empty, False,
         )
-        ids = await runtime.refine(texts, sampling, p.prompt)
-        return [runtime.models.tokenizer.decode(i) for i in ids]
+        return await runtime.refine(texts, sampling, p.prompt)
 
     def _request(self, text: str, p: "Chat.InferCodeParams", use_decoder: bool) -> Any:
         from fast_tts.engine.chattts_runtime import CodeRequest, code_sampling
@@ -411,8 +410,3 @@ def _missing(module: str) -> bool:
 
     return importlib.util.find_spec(module) is None
 
-
-def _default_device() -> Any:
-    import torch
-
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

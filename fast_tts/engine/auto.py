@@ -42,7 +42,7 @@ def detect_family(model_path: str | Path | None) -> str:
     )
 
 
-def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:  # noqa: N802 - reads as a class
+def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
     """Build the engine for whatever `model_path` holds (the bundled Piper voice when None)."""
     family = detect_family(model_path)
     module_name, _, class_name = ENGINES[family].partition(":")
