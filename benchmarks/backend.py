@@ -193,12 +193,12 @@ def profile_bare_steps(backend: TorchBackend, batch: int, prompt: int) -> None:
     """torch.profiler table of a few bare decode steps (embed, decoder over the cache, heads)."""
     from torch.profiler import ProfilerActivity, profile
 
-    lm, model = backend.adapter, backend.model
+    lm, model, cache = backend.adapter, backend.runner.model, backend.runner.cache
     tokens = torch.randint(0, VOCAB, (batch, 1, CODEBOOKS))
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(10):
             pos = torch.full((batch, 1), prompt + i)
-            h = model(lm.embed(tokens).to(backend.dtype), pos, rows=slice(0, batch), kv_len=prompt + i + 1)
+            h = model(lm.embed(tokens).to(backend.dtype), pos, cache, rows=slice(0, batch), kv_len=prompt + i + 1)
             lm.logits(h[:, 0].float())
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
 

@@ -52,14 +52,14 @@ def g2p_seconds(tokens: int = 120, prompt: int = 30) -> float:
         for p in model.parameters():
             p.normal_(0, 0.02)
     model.eval()
-    model.transformer.setup_cache(1, prompt + tokens)
+    cache = model.transformer.new_cache(1, prompt + tokens)
     ids = torch.randint(0, 150000, (1, prompt))
     t = time.perf_counter()
     with torch.inference_mode():
         pos = torch.arange(prompt)[None]
         tok = ids
         for _ in range(tokens):
-            hidden = model.transformer(model.embed(tok[..., None]), pos)
+            hidden = model.transformer(model.embed(tok[..., None]), pos, cache)
             tok = model.logits(hidden[:, -1])[:, 0].argmax(-1, keepdim=True)
             pos = pos[:, -1:] + 1
     return time.perf_counter() - t

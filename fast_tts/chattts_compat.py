@@ -258,8 +258,7 @@ class Chat:
         **options: Any,
     ) -> bool:
         """Load from explicit paths (files, and the gpt and tokenizer folders), as the reference's `_load`."""
-        import torch
-
+        from fast_tts.devices import pick_device
         from fast_tts.engine.chattts_runtime import ChatTTSRuntime
         from fast_tts.models.chattts.loader import CheckpointPaths, load_chattts
         from fast_tts.models.chattts.reference_api import GPTView, Speaker, Tokenizer, coef_string, sync_config
@@ -270,7 +269,7 @@ class Chat:
             vocos=Path(vocos_ckpt_path), dvae=Path(dvae_ckpt_path), decoder=Path(decoder_ckpt_path),
             embed=Path(embed_path), gpt_dir=Path(gpt_ckpt_path), tokenizer_dir=Path(tokenizer_path),
         )
-        device = torch.device(device) if device is not None else _default_device()
+        device = pick_device(device)
         backend = options.pop("backend", self.config.backend)
         models = load_chattts(
             paths.embed.parent,
@@ -344,7 +343,8 @@ class Chat:
         """Stop the running `infer` (from any thread) within one generation step."""
         self.context.set(True)
         if self.runtime is not None and self._loop is not None:
-            self._loop.loop.call_soon_threadsafe(self.runtime.cancel_all)
+            runtime = self.runtime
+            self._loop.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(runtime.stop_all()))
 
     def infer(
         self,
@@ -415,11 +415,10 @@ class Chat:
         )
         noise = batch_noise(rng, p.manual_seed, len(texts), 1, runtime.models.config.embed.num_text_tokens)
         try:
-            ids = await runtime.refine(texts, [dataclasses.replace(sampling, noise=n) for n in noise], p.prompt)
+            return await runtime.refine(texts, [dataclasses.replace(sampling, noise=n) for n in noise], p.prompt)
         finally:
             for n in noise:
                 n.release()
-        return [runtime.models.tokenizer.decode(i) for i in ids]
 
     def _requests(self, texts: list[str], p: "Chat.InferCodeParams", use_decoder: bool, rng: Any) -> list[Any]:
         """Code requests for one reference batch, each with its row's noise (`.sampling.noise`)."""
@@ -452,7 +451,8 @@ class Chat:
                 request.sampling.noise.release()
 
         async def decode(collected: "asyncio.Future[Any]") -> np.ndarray:
-            return await runtime.decode(_frames(await collected, use_decoder, runtime), use_decoder)
+            frames = _frames(await collected, use_decoder, runtime)
+            return await asyncio.wrap_future(runtime.decode_future(frames, use_decoder))
 
         async def generate(texts: list[str]) -> list["asyncio.Future[np.ndarray]"]:
             requests = self._requests(texts, p, use_decoder, rng)
@@ -601,8 +601,3 @@ def _missing(module: str) -> bool:
 
     return importlib.util.find_spec(module) is None
 
-
-def _default_device() -> Any:
-    import torch
-
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -13,7 +13,8 @@ import soundfile as sf
 from fast_tts.audio import (
     FORMATS,
     MEDIA_TYPES,
-    StreamCrossfader,
+    Crossfader,
+    JoinRule,
     StreamEncoder,
     crossfade_join,
     encode,
@@ -376,16 +377,18 @@ def test_crossfade_overlap_is_clipped_to_short_neighbours() -> None:
     assert ints.dtype == np.int16 and len(ints) == len(joined)
 
 
-@pytest.mark.parametrize("window", ["hann", "equal_power"])
+@pytest.mark.parametrize("window", ["hann", "equal_power", "hanning"])
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])
-def test_stream_crossfader_equals_crossfade_join(window: str, dtype) -> None:
+def test_a_stream_of_one_chunk_segments_equals_crossfade_join(window: str, dtype) -> None:
     rng = np.random.default_rng(1)
     lengths = [5000, 300, 0, 1102, 1, 8000, 40, 2500]
     chunks = [rng.uniform(-0.8, 0.8, n).astype(np.float32) for n in lengths]
     if dtype == np.int16:
         chunks = [to_int16(c) for c in chunks]
-    fader = StreamCrossfader(SR, 0.05, window)
-    outputs = [fader.push(c) for c in chunks]
+    fader = Crossfader(SR, 0.05, window)
+    outputs = []
+    for c in chunks:
+        outputs += [fader.push(c), fader.end_segment()]
     streamed = np.concatenate(outputs + [fader.flush()])
     expected = crossfade_join(chunks, SR, 0.05, window)
     assert streamed.dtype == expected.dtype == np.dtype(dtype)
@@ -394,11 +397,42 @@ def test_stream_crossfader_equals_crossfade_join(window: str, dtype) -> None:
     assert fader.flush().size == 0
 
 
+@pytest.mark.parametrize("sizes", [[1], [7, 2000], [1102, 1], [3000]])
+def test_segments_in_chunks_join_as_whole_segments(sizes: list[int]) -> None:
+    """However a segment's audio is cut into chunks, the joined stream is the join of the whole segments."""
+    rng = np.random.default_rng(2)
+    segments = [rng.uniform(-0.8, 0.8, n).astype(np.float32) for n in (4000, 700, 3000, 20, 2500)]
+    fader = Crossfader(SR, 0.05)
+    out = []
+    for seg in segments:
+        pos = 0
+        while pos < len(seg):
+            for size in sizes:
+                out.append(fader.push(seg[pos : pos + size]))
+                pos += size
+        out.append(fader.end_segment())
+    out.append(fader.flush())
+    np.testing.assert_allclose(np.concatenate(out), crossfade_join(segments, SR, 0.05), atol=1e-6)
+
+
+def test_join_rule_of_the_megatts3_reference() -> None:
+    """float64 halves of np.hanning(2w) at each seam, then x * 32767 cut toward zero: the reference's combine."""
+    rule = JoinRule(0.01, "hanning", np.float64, int16_scale=32767.0, int16_truncate=True)
+    w = int(0.01 * SR)
+    a, b = np.linspace(-0.9, 0.9, 2000), np.linspace(0.9, -0.9, 3000)
+    win = np.hanning(2 * w)
+    want = np.concatenate([a[:-w], a[-w:] * win[w:] + b[:w] * win[:w], b[w:]])
+    got = rule.join([a, b], SR)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(rule.int16(got), (want * 32767).astype(np.int16))
+
+
 def test_crossfade_rejects_bad_window() -> None:
     with pytest.raises(InvalidInputError):
         crossfade_join([np.zeros(10), np.zeros(10)], SR, window="kaiser")
     with pytest.raises(InvalidInputError):
-        StreamCrossfader(SR, fade_s=-1)
+        Crossfader(SR, fade_s=-1)
 
 
 def test_stream_encoder_validates_and_sanitises() -> None:
@@ -418,10 +452,10 @@ def test_stream_encoder_validates_and_sanitises() -> None:
         assert np.all(np.isfinite(decoded)) and np.max(np.abs(decoded)) < 1.5
 
 
-def test_stream_crossfader_promotes_to_float_after_float_start() -> None:
+def test_crossfader_promotes_to_float_after_float_start() -> None:
     chunks = [np.full(3000, 0.25, np.float32), np.full(3000, 8192, np.int16)]
-    fader = StreamCrossfader(SR, 0.05)
-    streamed = np.concatenate([fader.push(c) for c in chunks] + [fader.flush()])
+    fader = Crossfader(SR, 0.05)
+    streamed = np.concatenate([x for c in chunks for x in (fader.push(c), fader.end_segment())] + [fader.flush()])
     np.testing.assert_array_equal(streamed, crossfade_join(chunks, SR, 0.05))
     np.testing.assert_allclose(streamed, 0.25, atol=1e-6)
     fader.push(np.zeros(10, np.int16))  # after flush a new stream starts, here in int16

@@ -74,10 +74,10 @@ async def test_concurrent_requests_match_solo_runs(engine: AsyncChatTTSEngine) -
 async def test_long_text_segments_run_concurrently_and_join(engine: AsyncChatTTSEngine) -> None:
     text = "你好，我们今天去公园散步。" * 6
     audio = await engine.speak_async(text, length_threshold=10, window_size=12, **FAST)
-    segments = len(engine._prepare(text, engine._builtin_voice("default"),
-                                   {"length_threshold": 10, "window_size": 12, "normalize": True}))
+    params = engine._params(engine._builtin_voice("default"), {"length_threshold": 10, "window_size": 12})
+    segments = len(engine._prepare(text, engine._builtin_voice("default"), params, None))
     assert segments > 2
-    crossfade = int(engine.crossfade_s * engine.sample_rate)
+    crossfade = int(engine.join.fade_s * engine.sample_rate)
     assert len(audio) == segments * (2 * 40 - 1) * 256 - (segments - 1) * crossfade
 
 
@@ -162,9 +162,9 @@ async def test_bf16_engine_decodes_in_bf16_close_to_float32(checkpoint: Path, tm
         runtime = eng.runtime
         assert runtime.decode_bf16
         frames = torch.randn(40, runtime.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.5
-        fast = await runtime.decode(frames, True)
+        fast = runtime.decode(frames, True)
         runtime.decode_bf16 = False
-        exact = await runtime.decode(frames, True)
+        exact = runtime.decode(frames, True)
     finally:
         await eng.shutdown()
     assert fast.dtype == np.float32 and fast.shape == exact.shape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fast_tts.engine.auto import ENGINES, AutoEngine, detect_family
-from fast_tts.engine.piper import AsyncPiperEngine
+from fast_tts.engine.piper import AsyncPiperEngine, PiperVoice
 from fast_tts.errors import ModelLoadError, UnknownVoiceError
 from fast_tts.models.piper import bundled_voice_paths
 
@@ -85,8 +85,8 @@ async def test_multi_speaker_names(tmp_path: Path) -> None:
     names = engine.list_speakers()
     for name in ("en_US-duo-medium:ann", "en_US-duo-medium:ben", "ann", "ben", "duo", "solo"):
         assert name in names
-    assert (await engine._voice("ben")).data == ("en_US-duo-medium", 1)
-    assert (await engine._voice("duo")).data == ("en_US-duo-medium", None)
+    assert (await engine._voice("ben")).data == PiperVoice("en_US-duo-medium", 1)
+    assert (await engine._voice("duo")).data == PiperVoice("en_US-duo-medium", None)
     await engine.shutdown()
 
 

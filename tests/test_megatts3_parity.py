@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 from megatts3_checkpoint import encoder_input
-from megatts3_fixtures import (  # noqa: F401  (mega_root: fixture)
-    aligner_variant, cases, encoder_golden, encoder_variant, mega_root, tensors)
+from megatts3_fixtures import aligner_variant, cases, encoder_golden, encoder_variant, mega_root, tensors  # noqa: F401  (mega_root: fixture)
 
 from fast_tts.errors import ModelLoadError
 from fast_tts.models.megatts3.loader import MegaTTS3Models, load_megatts3
-
 
 DIT_BF16_SNR_DB, WAVVAE_BF16_SNR_DB = 25.0, 20.0  # measured on fixtures c and d: 35.7 and 31.3 dB
 
@@ -224,7 +222,7 @@ def _g_case_names() -> list[str]:
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("case", _g_case_names())
 def test_end_to_end_fixture_g(mega_root, case) -> None:  # noqa: F811
-    from fast_tts.models.megatts3.pipeline import MegaTTS3Pipeline, crossfade, to_int16
+    from fast_tts.models.megatts3.pipeline import REFERENCE_JOIN, MegaTTS3Pipeline
 
     c, d = cases()["cases"][case], tensors(case)
     assert len(c["normalized_segments"]) == 1, "the fixture format stores one segment's phones"
@@ -247,7 +245,7 @@ def test_end_to_end_fixture_g(mega_root, case) -> None:  # noqa: F811
     _close(out.dit_out, d["dit_out"], 5e-3)
     _close(out.vae_in[:, : ref.latent.shape[1]], d["vae_in"][:, : ref.latent.shape[1]], 0)
     _close(out.vae_out, d["vae_out"][..., ref.latent.shape[1] * 960:], 5e-3)
-    pcm = to_int16(crossfade([out.wav]))
+    pcm = REFERENCE_JOIN.int16(REFERENCE_JOIN.join([out.wav], 24000))
     want = d["out_pcm16"].numpy()
     assert pcm.shape == want.shape
     assert int(np.abs(pcm.astype(np.int32) - want.astype(np.int32)).max()) <= 2

@@ -38,17 +38,19 @@ def to_float32(audio: np.ndarray) -> np.ndarray:
     raise InvalidInputError(f"unsupported sample type {arr.dtype}", field="audio")
 
 
-def to_int16(audio: np.ndarray) -> np.ndarray:
-    """Convert mono samples to int16: floats are scaled by 32768, rounded half-to-even and clipped to the int16 range.
+def to_int16(audio: np.ndarray, *, scale: float = _INT16_SCALE, truncate: bool = False) -> np.ndarray:
+    """Convert mono samples to int16, clipped to the int16 range.
 
-    The 32768 scale makes to_int16(to_float32(x)) == x for every int16 x; +1.0 clips to 32767.
+    By default floats are scaled by 32768 and rounded half-to-even, so to_int16(to_float32(x)) == x for every int16
+    x and +1.0 clips to 32767. `scale=32767, truncate=True` is the rule of reference wav writers that compute
+    `(x * 32767).astype(int16)` (MegaTTS3's): the product in the input's precision, cut toward zero.
     """
     arr = as_mono(audio)
     if arr.dtype == np.int16:
         return arr
     if not np.issubdtype(arr.dtype, np.floating):
         arr = to_float32(arr)
-    scaled = np.rint(arr.astype(np.float32) * np.float32(_INT16_SCALE))
+    scaled = np.trunc(arr * scale) if truncate else np.rint(arr.astype(np.float32) * np.float32(scale))
     np.nan_to_num(scaled, copy=False, nan=0.0)
     return np.clip(scaled, -32768, 32767).astype(np.int16)
 

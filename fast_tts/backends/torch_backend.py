@@ -141,7 +141,7 @@ class TorchBackend:
                 try:
                     result, sampled = self.runner.execute(plan)
                     deliver, finished = self.scheduler.update(plan, result)
-                except Exception as exc:  # noqa: BLE001 - a bug must not leave streams hanging: fail the running ones
+                except Exception as exc:
                     log.exception("torch backend step failed")
                     deliver, finished, sampled = [], self.scheduler.fail_all(exc), {}
                 self._emit(deliver, sampled, finished)

@@ -119,14 +119,14 @@ class TorchRunner:
                 chunk, forward = forward[0], forward[1:]
                 try:
                     self._prefill_alone(chunk, result, sampled)
-                except Exception as exc:  # noqa: BLE001 - a bad request fails by itself
+                except Exception as exc:
                     log.debug("request %d failed in prefill", chunk.request_id, exc_info=True)
                     self.sampler.clear_row(chunk.row)
                     result.failed[chunk.request_id] = exc
         if plan.decode:
             try:
                 self._decode(plan, result, sampled)
-            except Exception as exc:  # noqa: BLE001 - cannot blame one row: the step's requests fail
+            except Exception as exc:
                 log.exception("decode step failed")
                 for request_id in plan.decode:
                     result.failed[request_id] = exc
@@ -163,7 +163,7 @@ class TorchRunner:
             h = self._forward(x, positions, self.cache, rows=slice(first, first + k), kv_len=kv_len)
             last = torch.tensor(lefts, device=self.device) - 1
             hidden = h[torch.arange(k, device=self.device), last].float()
-        except Exception:  # noqa: BLE001 - the one-by-one path finds (and fails) the bad request
+        except Exception:
             log.debug("grouped prefill failed; prefilling one by one", exc_info=True)
             return False
         self._first_tokens(list(forward), hidden, result, sampled)

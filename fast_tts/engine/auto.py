@@ -43,7 +43,7 @@ def detect_family(model_path: str | Path | None) -> str:
     )
 
 
-def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:  # noqa: N802 - reads as a class
+def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
     """Build the engine for whatever `model_path` holds (the bundled Piper voice when None).
 
     `backend=` picks the LM backend of the families that have a language model (ChatTTS, MegaTTS3); Piper has none,

@@ -1,65 +1,99 @@
-"""AsyncEngine: the request lifecycle shared by every model family.
+"""AsyncEngine: the request lifecycle and the one streaming path shared by every model family.
 
-A family implements a few blocking hooks (which voices exist, how text becomes segments, how one segment becomes
-audio chunks); the base class owns everything around them: validation, normalization and splitting, a bounded number
-of concurrent requests, a worker thread pool so the event loop never waits on compute, streaming with a one-chunk
-look-ahead, crossfade joins, cancellation at chunk boundaries, persistent speakers and shutdown.
+The base owns everything around synthesis: validation and typed parameters, segmenting, a bounded number of
+concurrent requests, worker threads so the event loop never waits on compute, LM generations started ahead of the
+segments that need them, joining (one `fast_tts.audio.Crossfader`), int16 conversion, end-of-segment progress,
+cancellation, persistent speakers and shutdown. A family supplies its synthesis of one segment, synchronous on a
+worker, and little else:
 
-A new family subclasses AsyncEngine, sets `family`, `sample_rate`, `default_voice` (and `can_clone`, `crossfade_s`,
-`family_params` when needed), loads its model in `__init__` before calling `super().__init__(**kw)`, and implements:
   _builtin_voices() / _builtin_voice(name)     the voices the model ships with
-  _synthesize(segment, voice, params)          blocking generator of float32 chunks for one segment
-  _prepare(...)                                optional: the default normalizes and splits with fast_tts.text
-  _make_speaker / _speaker_voice               optional: custom speakers (stored by SpeakerStore)
-  _clone_voice(reference_audio, reference_text) optional: one-off voices for clone_voice_async
-  _check_params(params) / _close()             optional: family parameter checks, releasing the model
-Then add one line to ENGINES in fast_tts/engine/auto.py.
+  _synthesize(job) -> Iterator[float32 chunks]  one segment's audio (`SegmentJob`: segment, voice, params, tokens)
+  _prepare(text, voice, params, ctx)           optional: text -> segment texts (default: normalize + split)
+  _lm_call(segment, voice, params, ctx)        optional: the LM generation a segment needs (started ahead for it)
+  _make_speaker / _speaker_voice / _clone_voice optional: custom and cloned voices (stored by SpeakerStore)
+  _close()                                     optional: release the model after the workers stopped
+
+and class attributes: `family`, `sample_rate`, `default_voice`, `params_type` (a SpeechParams dataclass), `can_clone`,
+`join` (a `fast_tts.audio.JoinRule`: how segments join and become int16), `lm_ahead` and `waits_on_lm`. Each family
+engine spells out its public methods' parameters (help() and IDEs show them) and calls `_speak`, `_speak_stream`,
+`_clone` or `_clone_stream` with them. A new family is one engine module plus one line in fast_tts/engine/auto.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
+import enum
 import itertools
 import os
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from fast_tts.errors import (
-    EngineClosedError,
-    InvalidInputError,
-    UnknownVoiceError,
-    UnsupportedOperationError,
-)
+from fast_tts.audio import JoinRule
+from fast_tts.engine.lm import LMCall, RequestContext, TokenFeed
+from fast_tts.engine.params import SpeechParams, resolve
+from fast_tts.errors import EngineClosedError, InvalidInputError, UnknownVoiceError, UnsupportedOperationError
 from fast_tts.speakers import SpeakerStore, validate_name
 
 ProgressFn = Callable[[int, int], None]
-
-# Request parameters every family accepts, with their defaults (None: the engine's own default).
-BASE_PARAMS: dict[str, Any] = {
-    "speed": 1.0,
-    "seed": None,
-    "deterministic": None,
-    "length_threshold": None,
-    "window_size": None,
-    "normalize": True,
-}
+D = TypeVar("D")
 
 
-@dataclass
-class Voice:
-    """A resolved voice: its name, family-specific data (model key, speaker embedding...) and parameter presets."""
+@dataclass(frozen=True)
+class Voice(Generic[D]):
+    """A resolved voice: its name, the family's data for it (a model key, a speaker embedding, an aligned reference
+    prompt...) and parameter presets."""
 
     name: str
-    data: Any = None
-    defaults: dict[str, Any] = field(default_factory=dict)
+    data: D
+    presets: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a request's text, as the family's `_prepare` made it; `index` of `count`."""
+
+    text: str
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Everything a family's `_synthesize` gets for one segment."""
+
+    segment: Segment
+    voice: Voice[Any]
+    params: SpeechParams
+    streamed: bool  # a caller waits on the first chunk (a family may trade exactness for latency there)
+    tokens: TokenFeed | None  # the segment's LM generation, when `_lm_call` asked for one
+    context: RequestContext
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """What the pipeline hands to the request's consumer: int16 audio and segment progress."""
+
+    audio: np.ndarray
+    done: int
+    total: int
+
+
+class Outcome(enum.Enum):
+    """How a request ended (counted for stats and metrics)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class _WorkerPool:
@@ -100,7 +134,7 @@ class _WorkerPool:
                 continue  # cancelled while queued: skip it
             try:
                 future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - delivered to the request; the worker lives on
+            except BaseException as exc:
                 future.set_exception(exc)
 
     def shutdown(self) -> None:
@@ -117,13 +151,14 @@ class _WorkerPool:
 class AsyncEngine(ABC):
     """Async text-to-speech engine; subclasses implement the `_hook` methods for one model family."""
 
-    family: str = "base"
-    can_clone: bool = False
+    family: ClassVar[str] = "base"
+    can_clone: ClassVar[bool] = False
     sample_rate: int = 24000
     default_voice: str = ""
-    crossfade_s: float = 0.0  # overlap between consecutive chunks; 0 joins them as they are
-    speed_range: tuple[float, float] = (0.25, 4.0)
-    family_params: dict[str, Any] = {}  # extra request parameters of the family, with defaults
+    params_type: ClassVar[type[SpeechParams]] = SpeechParams
+    join: ClassVar[JoinRule] = JoinRule()  # segments joined as they are, int16 by rounding
+    lm_ahead: int = 0  # segments after the current one whose LM generations run ahead of it
+    waits_on_lm: ClassVar[bool] = False  # segments wait on LM generations: a worker per request, not per core
 
     def __init__(
         self,
@@ -144,17 +179,19 @@ class AsyncEngine(ABC):
         self.window_size = window_size
         self.deterministic = deterministic
         # Requests admitted (slots) and compute threads (workers) are separate: admitted requests interleave their
-        # chunk steps on the workers, so each one's first chunk comes early even when slots outnumber cores.
-        self.workers = workers or min(max_concurrency, os.cpu_count() or 1)
+        # chunk steps on the workers, so each one's first chunk comes early even when slots outnumber cores. A
+        # family whose segments wait on an LM generation gets a worker per request, so a waiting one never holds
+        # up another's ready audio.
+        cores = min(max_concurrency, os.cpu_count() or 1)
+        self.workers = workers or (max_concurrency if self.waits_on_lm else cores)
         self._pool = _WorkerPool(self.workers, f"tts-{self.family}")
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._waiting = 0
         self._active = 0
-        self._completed = 0
-        self._failed = 0
-        self._cancelled = 0
+        self._counts: collections.Counter[Outcome] = collections.Counter()
+        self._contexts: set[RequestContext] = set()
         self._closed = False
-        self._speakers: dict[str, Voice] = {}
+        self._speakers: dict[str, Voice[Any]] = {}
         self._speaker_stamps: dict[str, Any] = {}  # store stamp of each cached speaker when it was loaded or saved
         self._speaker_edits: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self.store = SpeakerStore(speakers_dir) if speakers_dir is not None else None
@@ -166,26 +203,26 @@ class AsyncEngine(ABC):
         """Names of the voices that ship with the loaded model."""
 
     @abstractmethod
-    def _builtin_voice(self, name: str) -> Voice:
+    def _builtin_voice(self, name: str) -> Voice[Any]:
         """Resolve a built-in voice name; raise UnknownVoiceError if there is none."""
 
-    def _synthesize(self, segment: Any, voice: Voice, params: dict[str, Any]) -> Iterator[np.ndarray]:
-        """Yield float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread).
+    @abstractmethod
+    def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
+        """float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread)."""
 
-        Every family implements either this (the default `_produce` drives it on worker threads) or `_produce`.
-        """
-        raise NotImplementedError(f"the {self.family} engine implements neither _synthesize nor _produce")
-
-    def _prepare(self, text: str, voice: Voice, params: dict[str, Any]) -> list[Any]:
-        """Turn validated text into segments: normalize (wetext) and split (reference-004 threshold/window)."""
+    def _prepare(self, text: str, voice: Voice[Any], params: SpeechParams, ctx: RequestContext) -> list[str]:
+        """Validated text -> segment texts (blocking, on a worker): normalize (wetext) and split (reference-004
+        threshold and window)."""
         from fast_tts.text import normalize, split_text
 
-        if params["normalize"]:
+        if params.normalize:
             text = normalize(text)
-        return split_text(text, length_threshold=params["length_threshold"], window_size=params["window_size"])
+        return split_text(text, length_threshold=params.length_threshold, window_size=params.window_size)
 
-    def _check_params(self, params: dict[str, Any]) -> None:
-        """Validate family parameters (raise InvalidInputError naming the field)."""
+    def _lm_call(self, segment: Segment, voice: Voice[Any], params: SpeechParams,
+                 ctx: RequestContext) -> LMCall | None:
+        """The LM generation `segment` needs (its `SegmentJob.tokens`), or None; started `lm_ahead` segments early."""
+        return None
 
     def _make_speaker(
         self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
@@ -193,13 +230,13 @@ class AsyncEngine(ABC):
         """Build the arrays and meta that define a new speaker (blocking); families that cannot clone say so."""
         raise UnsupportedOperationError(f"the {self.family} engine cannot create speakers")
 
-    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice:
-        """Turn a stored speaker back into a Voice."""
+    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice[Any]:
+        """Turn a stored speaker back into a Voice (blocking, on a worker)."""
         raise UnsupportedOperationError(f"the {self.family} engine has no custom speakers")
 
-    def _clone_voice(self, reference_audio: Any, reference_text: str | None) -> Voice:
+    def _clone_voice(self, reference_audio: Any, reference_text: str | None) -> Voice[Any]:
         """Build a one-off Voice from reference audio (blocking); only families with `can_clone`."""
-        raise UnsupportedOperationError(f"the {self.family} engine cannot clone voices")
+        raise self._cannot_clone()
 
     def _close(self) -> None:
         """Release model resources after the workers have stopped."""
@@ -219,30 +256,21 @@ class AsyncEngine(ABC):
             )
         return text
 
-    def _params(self, voice: Voice, given: dict[str, Any]) -> dict[str, Any]:
-        """Merge defaults < voice presets < request values and validate them."""
-        allowed = {**BASE_PARAMS, **self.family_params}
-        for key in given:
-            if key not in allowed:
-                raise InvalidInputError(f"unknown parameter {key!r} for the {self.family} engine", field=key)
-        params = {**allowed, **voice.defaults, **{k: v for k, v in given.items() if v is not None}}
-        low, high = self.speed_range
-        speed = params["speed"]
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not low <= speed <= high:
-            raise InvalidInputError(f"speed must be a number from {low} to {high}", field="speed")
-        if params["seed"] is not None and (isinstance(params["seed"], bool) or not isinstance(params["seed"], int)):
-            raise InvalidInputError("seed must be an integer", field="seed")
-        if params["deterministic"] is None:
-            params["deterministic"] = self.deterministic or params["seed"] is not None
-        for key, default in (("length_threshold", self.length_threshold), ("window_size", self.window_size)):
-            value = params[key] if params[key] is not None else default
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{key} must be a positive integer", field=key)
-            params[key] = value
-        self._check_params(params)
+    def _params(self, voice: Voice[Any], values: Mapping[str, Any]) -> SpeechParams:
+        """Family defaults < voice presets < request values, validated; engine defaults fill what is left open."""
+        params = resolve(self.params_type, voice.presets, values, self.family)
+        deterministic = params.deterministic
+        if deterministic is None:
+            deterministic = self.deterministic or params.seed is not None
+        return self._finish_params(dataclasses.replace(
+            params, length_threshold=params.length_threshold or self.length_threshold,
+            window_size=params.window_size or self.window_size, deterministic=deterministic))
+
+    def _finish_params(self, params: SpeechParams) -> SpeechParams:
+        """A family's last word on resolved parameters (e.g. a seed implied by `deterministic`)."""
         return params
 
-    async def _voice(self, name: str | None) -> Voice:
+    async def _voice(self, name: str | None) -> Voice[Any]:
         """Resolve `name` (default voice when None) among built-in voices and stored speakers."""
         if name is None or name == "":
             name = self.default_voice
@@ -265,7 +293,7 @@ class AsyncEngine(ABC):
                 except (KeyError, InvalidInputError):
                     pass
                 else:
-                    voice = self._speaker_voice(name, arrays, meta)
+                    voice = await self._run(self._speaker_voice, name, arrays, meta)
                     self._speakers[name] = voice
                     self._speaker_stamps[name] = stamp
                     return voice
@@ -299,14 +327,17 @@ class AsyncEngine(ABC):
 
     # ----- request lifecycle --------------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, priority: float = 0) -> Any:
-        """Run blocking `fn` on the engine's worker pool (lower `priority` runs first)."""
+    def _submit(self, fn: Callable[..., Any], *args: Any, priority: float = 0) -> Future[Any]:
+        """Queue blocking `fn` on the engine's worker pool (lower `priority` runs first)."""
         self._check_open()
         try:
-            future = self._pool.submit(priority, fn, *args)
+            return self._pool.submit(priority, fn, *args)
         except RuntimeError as exc:  # pool already shut down
             raise EngineClosedError(f"the {self.family} engine has been shut down") from exc
-        return await asyncio.wrap_future(future)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any, priority: float = 0) -> Any:
+        """Run blocking `fn` on the engine's worker pool and wait for it."""
+        return await asyncio.wrap_future(self._submit(fn, *args, priority=priority))
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -314,46 +345,48 @@ class AsyncEngine(ABC):
             self._slots = (loop, asyncio.Semaphore(self.capacity))
         return self._slots[1]
 
-    def _pipeline(self, text: str, voice: Voice, params: dict[str, Any]) -> Iterator[tuple[np.ndarray, int, int]]:
-        """Blocking generator of (int16 chunk, segments done, segment count); runs one step per worker call."""
-        from fast_tts.audio import StreamCrossfader, to_int16
-
-        segments = self._prepare(text, voice, params)
-        joiner = StreamCrossfader(self.sample_rate, self.crossfade_s) if self.crossfade_s > 0 else None
+    def _pipeline(self, text: str, voice: Voice[Any], params: SpeechParams, ctx: RequestContext,
+                  streamed: bool) -> Iterator[_Piece]:
+        """The one streaming path (blocking generator, stepped on the workers one piece at a time): segments from
+        `_prepare` (inside the first step, so a new request's first piece is one job), each segment's LM generation
+        started `lm_ahead` segments early, its chunks joined at the seams, int16 out, progress."""
+        texts = [t for t in self._prepare(text, voice, params, ctx) if t.strip()]
+        if not texts:
+            raise InvalidInputError("input text has nothing that can be spoken", field="input")
+        segments = [Segment(text, i, len(texts)) for i, text in enumerate(texts)]
+        joiner = self.join.joiner(self.sample_rate)
+        feeds: dict[int, TokenFeed | None] = {}
         produced = 0
-        for index, segment in enumerate(segments):
-            for chunk in self._synthesize(segment, voice, params):
-                out = np.asarray(chunk, dtype=np.float32).reshape(-1)
-                out = joiner.push(out) if joiner is not None else out
+        for segment in segments:
+            for ahead in segments[segment.index : segment.index + self.lm_ahead + 1]:
+                if ahead.index not in feeds:
+                    call = self._lm_call(ahead, voice, params, ctx)
+                    feeds[ahead.index] = ctx.generate(call) if call is not None else None
+            job = SegmentJob(segment, voice, params, streamed, feeds.pop(segment.index), ctx)
+            for chunk in self._synthesize(job):
+                out = joiner.push(np.asarray(chunk).reshape(-1))
                 if out.size:
                     produced += out.size
-                    yield to_int16(out), index, len(segments)
-            yield np.zeros(0, dtype=np.int16), index + 1, len(segments)
-        tail = joiner.flush() if joiner is not None else np.zeros(0, dtype=np.float32)
+                    yield _Piece(self.join.int16(out), segment.index, segment.count)
+            out = joiner.end_segment()
+            produced += out.size
+            yield _Piece(self.join.int16(out), segment.index + 1, segment.count)
+        tail = joiner.flush()
         if tail.size:
             produced += tail.size
-            yield to_int16(tail), len(segments), len(segments)
+            yield _Piece(self.join.int16(tail), len(segments), len(segments))
         if produced == 0:
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
 
-    async def _stream(
-        self,
-        text: Any,
-        voice: Voice | str | None,
-        params: dict[str, Any],
-        progress: ProgressFn | None,
-        streamed: bool = True,
-    ) -> AsyncIterator[np.ndarray]:
-        """Validate, wait for a slot, then stream the pipeline's chunks; always frees the slot on exit.
-
-        `streamed` tells the family whether a caller is waiting on the first chunk (families may trade exactness
-        for latency there, e.g. MegaTTS3 sets a segment's level from its first second); it is `params["_streamed"]`.
-        """
+    async def _stream(self, text: Any, voice: Voice[Any] | str | None, values: Mapping[str, Any],
+                      progress: ProgressFn | None, streamed: bool) -> AsyncIterator[np.ndarray]:
+        """Validate, wait for a slot, then stream the pipeline's audio; always frees the slot and cancels the
+        request's LM generations on exit."""
         self._check_open()
         text = self._check_text(text)
         if not isinstance(voice, Voice):
             voice = await self._voice(voice)
-        params = {**self._params(voice, params), "_streamed": streamed}
+        params = self._params(voice, values)
         slots = self._semaphore()
         self._waiting += 1
         try:
@@ -361,66 +394,61 @@ class AsyncEngine(ABC):
         finally:
             self._waiting -= 1
         self._active += 1
-        outcome = "_cancelled"
-        produced = self._produce(text, voice, params)
+        ctx = RequestContext(asyncio.get_running_loop())
+        self._contexts.add(ctx)
+        outcome = Outcome.CANCELLED
+        steps: Iterator[_Piece] | None = None
+        step: Future[Any] | None = None
         try:
-            self._check_open()
-            async for chunk, done, total in produced:
+            steps = self._pipeline(text, voice, params, ctx, streamed)
+            made = 0
+            step = self._submit(next, steps, None, priority=made)
+            while (piece := await asyncio.wrap_future(step)) is not None:
+                made += 1
+                step = self._submit(next, steps, None, priority=made)  # look ahead one piece
                 if progress is not None:
-                    progress(done, total)
-                if chunk.size:
-                    yield chunk
-            outcome = "_completed"
+                    progress(piece.done, piece.total)
+                if piece.audio.size:
+                    yield piece.audio
+            outcome = Outcome.COMPLETED
         except (Exception, asyncio.CancelledError) as exc:
-            outcome = "_cancelled" if isinstance(exc, asyncio.CancelledError) else "_failed"
+            outcome = Outcome.CANCELLED if isinstance(exc, asyncio.CancelledError) else Outcome.FAILED
             raise
         finally:
+            self._contexts.discard(ctx)
+            await ctx.close()  # a worker waiting on an LM feed wakes up and stops
+            if steps is not None:
+                self._close_steps(steps, step)
+            self._active -= 1
+            self._counts[outcome] += 1
+            slots.release()
+
+    def _close_steps(self, steps: Iterator[_Piece], step: Future[Any] | None) -> None:
+        """Close the pipeline generator on a worker once its step in flight (if any) is over, so the family's
+        clean-up code runs there and never while a step is half-way."""
+        def close(done: Future[Any] | None = None) -> None:
+            if done is not None and not done.cancelled():
+                done.exception()  # a look-ahead step that failed after the consumer left: seen, not raised
             try:
-                await produced.aclose()  # stops the family's work for this request
-            finally:
-                self._active -= 1
-                setattr(self, outcome, getattr(self, outcome) + 1)
-                slots.release()
+                self._pool.submit(-1, steps.close)  # type: ignore[attr-defined]
+            except RuntimeError:  # shut down: the generator goes with the engine
+                pass
 
-    async def _produce(
-        self, text: str, voice: Voice, params: dict[str, Any]
-    ) -> AsyncIterator[tuple[np.ndarray, int, int]]:
-        """(int16 chunk, segments done, segment count) as made: the blocking pipeline, one step per worker call.
+        if step is None:
+            close()
+        else:
+            step.cancel()  # a step still queued never runs
+            step.add_done_callback(close)
 
-        Families whose compute is already asynchronous (an LM backend with continuous batching) override this.
-        """
-        pending: asyncio.Future[Any] | None = None
-        try:
-            steps = self._pipeline(text, voice, params)
-            made = 0
-            pending = asyncio.ensure_future(self._run(next, steps, None, priority=made))
-            while True:
-                item = await pending
-                if item is None:
-                    break
-                made += 1
-                pending = asyncio.ensure_future(self._run(next, steps, None, priority=made))  # look ahead one chunk
-                yield item
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()  # the worker finishes at most one chunk more, then drops it
-            elif pending is not None and not pending.cancelled():
-                pending.exception()  # a look-ahead step that failed after the consumer left: mark it seen
+    async def _speak(self, text: str, name: str | None, values: Mapping[str, Any],
+                     progress: ProgressFn | None) -> np.ndarray:
+        """The whole audio of a request (int16 at `sample_rate`)."""
+        return np.concatenate([c async for c in self._stream(text, name, values, progress, streamed=False)])
 
-    # ----- public API ---------------------------------------------------------------------------------------------
-
-    async def speak_async(
-        self, text: str, name: str | None = None, *, progress: ProgressFn | None = None, **params: Any
-    ) -> np.ndarray:
-        """Synthesize `text` with voice `name`; returns mono int16 audio at `sample_rate`."""
-        chunks = [chunk async for chunk in self._stream(text, name, params, progress, streamed=False)]
-        return np.concatenate(chunks)
-
-    def speak_stream_async(
-        self, text: str, name: str | None = None, *, progress: ProgressFn | None = None, **params: Any
-    ) -> AsyncIterator[np.ndarray]:
-        """Async iterator of int16 chunks as they are made (the first after the first sentence); aclose() cancels."""
-        return self._stream(text, name, params, progress)
+    def _speak_stream(self, text: str, name: str | None, values: Mapping[str, Any],
+                      progress: ProgressFn | None) -> AsyncIterator[np.ndarray]:
+        """int16 chunks as they are made; closing the iterator cancels the request."""
+        return self._stream(text, name, values, progress, streamed=True)
 
     def _cannot_clone(self) -> UnsupportedOperationError:
         return UnsupportedOperationError(
@@ -428,33 +456,38 @@ class AsyncEngine(ABC):
             f"use one of its voices ({', '.join(self._builtin_voices()[:8])}) or a cloning model (MegaTTS3, ChatTTS)"
         )
 
-    async def clone_voice_async(
-        self, text: str, reference_audio: Any, reference_text: str | None = None, **params: Any
-    ) -> np.ndarray:
-        """Speak `text` in the voice of `reference_audio` (families with `can_clone`)."""
-        stream = self._clone_stream(text, reference_audio, reference_text, params, streamed=False)
+    async def _clone(self, text: str, reference_audio: Any, reference_text: str | None,
+                     values: Mapping[str, Any]) -> np.ndarray:
+        """Speak `text` in the voice of `reference_audio`."""
+        stream = self._clone_stream(text, reference_audio, reference_text, values, streamed=False)
         return np.concatenate([chunk async for chunk in stream])
 
-    def clone_voice_stream_async(
-        self, text: str, reference_audio: Any, reference_text: str | None = None, **params: Any
-    ) -> AsyncIterator[np.ndarray]:
-        """Streaming form of clone_voice_async."""
-        return self._clone_stream(text, reference_audio, reference_text, params, streamed=True)
-
-    async def _clone_stream(
-        self, text: str, reference_audio: Any, reference_text: str | None, params: dict[str, Any], streamed: bool
-    ) -> AsyncIterator[np.ndarray]:
+    async def _clone_stream(self, text: str, reference_audio: Any, reference_text: str | None,
+                            values: Mapping[str, Any], streamed: bool = True) -> AsyncIterator[np.ndarray]:
+        """Streaming form of `_clone`."""
         self._check_open()
         if not self.can_clone:
             raise self._cannot_clone()
         self._check_text(text)
         voice = await self._run(self._clone_voice, reference_audio, reference_text)
-        stream = self._stream(text, voice, params, None, streamed)
+        stream = self._stream(text, voice, values, None, streamed)
         try:
             async for chunk in stream:
                 yield chunk
         finally:
             await stream.aclose()
+
+    # ----- public API shared by every family ---------------------------------------------------------------------
+
+    async def clone_voice_async(self, text: str, reference_audio: Any, reference_text: str | None = None,
+                                **params: Any) -> np.ndarray:
+        """Speak `text` in the voice of `reference_audio` (families with `can_clone` spell out their parameters)."""
+        return await self._clone(text, reference_audio, reference_text, params)
+
+    def clone_voice_stream_async(self, text: str, reference_audio: Any, reference_text: str | None = None,
+                                 **params: Any) -> AsyncIterator[np.ndarray]:
+        """Streaming form of clone_voice_async."""
+        return self._clone_stream(text, reference_audio, reference_text, params)
 
     async def add_speaker(
         self, name: str, audio: Any = None, reference_text: str | None = None, **options: Any
@@ -465,7 +498,7 @@ class AsyncEngine(ABC):
         if name in self._builtin_voices():
             raise InvalidInputError(f"{name!r} is a built-in voice; choose another name", field="name")
         arrays, meta = await self._run(self._make_speaker, name, audio, reference_text, options)
-        voice = self._speaker_voice(name, arrays, meta)
+        voice = await self._run(self._speaker_voice, name, arrays, meta)
         async with self._speaker_lock():  # memory and store change together: the last add or delete wins in both
             if self.store is not None:
                 await self._run(self.store.save, name, arrays, {**meta, "family": self.family})
@@ -500,17 +533,17 @@ class AsyncEngine(ABC):
             "active": self._active,
             "capacity": self.capacity,
             "workers": self.workers,
-            "completed": self._completed,
-            "failed": self._failed,
-            "cancelled": self._cancelled,
+            **{outcome.value: self._counts[outcome] for outcome in Outcome},
             "closed": self._closed,
         }
 
     async def shutdown(self) -> None:
-        """Refuse new requests, let running chunks finish, stop the workers and release the model."""
+        """Refuse new requests, end the running ones' LM generations, stop the workers and release the model."""
         if self._closed:
             return
         self._closed = True
+        for ctx in list(self._contexts):
+            await ctx.close()
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
         self._close()
 
@@ -519,3 +552,4 @@ class AsyncEngine(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
+

@@ -1,17 +1,18 @@
 """Dynamic batching for decode stages (vocoders): calls that arrive within a short window run as one batch.
 
-One worker thread owns the model; callers await futures, so the event loop never waits on compute. A caller that
-is cancelled simply stops waiting: its result is dropped, and the worker and the other callers carry on (the fault
-that kills FlashTTS's batch worker cannot happen here because results are set through `_resolve`).
+One worker thread owns the model; callers get `concurrent.futures.Future`s (worker threads wait on them, coroutines
+await `asyncio.wrap_future`), so the event loop never waits on compute. A caller that gives up cancels its future:
+its result is dropped, and the worker and the other callers carry on (the fault that kills FlashTTS's batch worker
+cannot happen here: one bad batch fails its own callers only).
 """
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,17 +23,7 @@ from fast_tts.errors import EngineClosedError
 class _Job:
     key: Hashable
     item: Any
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-
-
-def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+    future: Future
 
 
 class DecodeBatcher:
@@ -58,14 +49,13 @@ class DecodeBatcher:
         self._thread = threading.Thread(target=self._run, name=f"{name}-batcher", daemon=True)
         self._thread.start()
 
-    async def submit(self, key: Hashable, item: Any) -> Any:
-        """Queue one item and wait for its result."""
+    def submit(self, key: Hashable, item: Any) -> Future:
+        """Queue one item; its result arrives in the returned future (from any thread)."""
         if self._closed:
             raise EngineClosedError("the decode stage was shut down")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put(_Job(key, item, future, loop))
-        return await future
+        future: Future = Future()
+        self._queue.put(_Job(key, item, future))
+        return future
 
     def close(self) -> None:
         """Stop the worker after the jobs already queued."""
@@ -102,7 +92,7 @@ class DecodeBatcher:
             self._run_batch(job.key, batch)
 
     def _run_batch(self, key: Hashable, batch: list[_Job]) -> None:
-        live = [j for j in batch if not j.future.cancelled()]
+        live = [j for j in batch if j.future.set_running_or_notify_cancel()]
         if not live:
             return
         try:
@@ -112,4 +102,7 @@ class DecodeBatcher:
         self.batches += 1
         self.items += len(live)
         for j, result in zip(live, results):
-            j.loop.call_soon_threadsafe(_resolve, j.future, result, error)
+            if error is not None:
+                j.future.set_exception(error)
+            else:
+                j.future.set_result(result)

@@ -1,28 +1,33 @@
-"""ChatTTS as async stages: refine text and generate codes on LM backends, decode on a batching vocoder stage.
+"""ChatTTS as stages over LM backends: prompts, code generation and refinement on backends, batched decoding.
 
-Shared by `AsyncChatTTSEngine` and the `Chat` facade, so both batch across requests: every utterance is submitted
-to the code backend at once (continuous batching), refinement runs on a second backend over the same weights with a
-cache of its own, and decodes from concurrent requests are batched within a short window. Nothing here blocks the
-event loop on a forward pass.
+Shared by `AsyncChatTTSEngine` and the `Chat` facade, so both batch across requests: code generation and refinement
+run on two backends over the same decoder weights (each with a KV cache of its own), and decodes from concurrent
+requests are batched within a short window by one decode worker. `stream_audio` turns a generation's steps into audio
+chunks (the windowed decode of `fast_tts.engine.streaming`); it is the one ChatTTS streaming path, run on a worker
+thread by the engine and by `Chat`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from fast_tts.backends import GenerationStream, create_backend
+from fast_tts.backends import create_backend
+from fast_tts.backends.base import GenerationStream, StepOutput
+from fast_tts.devices import bf16_fast, resolve_dtype
 from fast_tts.engine.batcher import DecodeBatcher
+from fast_tts.engine.lm import LMCall, RequestContext
 from fast_tts.engine.streaming import StreamPlan, stream_windows
-from fast_tts.devices import bf16_fast
 from fast_tts.errors import InvalidInputError
 from fast_tts.models.chattts.decode import HOP, decode_rows, wav_length
-from fast_tts.models.chattts.gpt import TextLM, inject_speaker
+from fast_tts.models.chattts.gpt import inject_speaker
 from fast_tts.models.chattts.loader import ChatTTSModels
 from fast_tts.models.chattts.speaker import decode_prompt, decode_speaker, encode_prompt, normalize_speaker
 from fast_tts.models.chattts.tokenizer import decorate_code_prompts, decorate_text_prompts
@@ -71,18 +76,16 @@ class ChatTTSRuntime:
         self.num_vq = models.config.embed.num_vq
         self.eos_code = models.config.embed.num_audio_tokens - 1
         self.hidden_size = models.config.gpt.hidden_size
-        text_lm = TextLM(models.gpt)
         options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile, **(backend_options or {})}
         self.code_gen = create_backend(backend, models.code_lm, max_batch=max_batch, max_seq=max_seq, **options)
+        self.text_gen = create_backend(backend, models.text_lm, max_batch=refine_batch, max_seq=refine_max_seq,
+                                       **options)
         # bf16 generation decodes in bf16 too where the CPU has bf16 kernels (1.7x faster, about 36 dB SNR against
         # float32 decoding); float32 keeps the reference's numbers
-        self.decode_bf16 = (
-            getattr(self.code_gen, "dtype", None) == torch.bfloat16
-            and torch.device(device).type == "cpu"
-            and bf16_fast("cpu")
-        )
-        self.text_gen = create_backend(backend, text_lm, max_batch=refine_batch, max_seq=refine_max_seq, **options)
+        self.decode_bf16 = (resolve_dtype(dtype, device) == torch.bfloat16 and torch.device(device).type == "cpu"
+                            and bf16_fast(device))
         self.decoder = DecodeBatcher(self._decode_batch, max_batch=decode_batch, wait_s=decode_wait_s, name="chattts")
+        self._contexts: set[RequestContext] = set()
         self._streams: set[GenerationStream] = set()
 
     # ----- prompts ---------------------------------------------------------------------------------------------
@@ -104,44 +107,20 @@ class ChatTTSRuntime:
             emb = inject_speaker(emb, ids[..., 0], vector, tok.spk_emb_id)
         return emb[0].float()
 
+    def code_call(self, req: CodeRequest) -> LMCall:
+        """The code generation of one utterance."""
+        return LMCall(self.code_gen, self.code_prompt(req), req.sampling)
+
     @torch.inference_mode()
-    def text_prompt(self, text: str, prompt: str = "") -> torch.Tensor:
-        """Refine prompt token ids (L, 1)."""
+    def refine_call(self, text: str, sampling: SamplingParams, prompt: str = "") -> LMCall:
+        """The refinement of one text (prompt token ids (L, 1) on the refine backend)."""
         ids = self.models.tokenizer.ids(decorate_text_prompts([text], prompt)[0])
-        return torch.tensor(ids, dtype=torch.long)[:, None]
+        return LMCall(self.text_gen, torch.tensor(ids, dtype=torch.long)[:, None], sampling)
 
-    # ----- generation ------------------------------------------------------------------------------------------
-
-    def generate_codes(self, req: CodeRequest) -> GenerationStream:
-        """Start generating code frames for one utterance (call from the event loop)."""
-        return self._track(self.code_gen.submit(self.code_prompt(req), req.sampling))
-
-    def _track(self, stream: GenerationStream) -> GenerationStream:
-        self._streams.add(stream)
-        asyncio.ensure_future(stream.wait_finished()).add_done_callback(lambda _f: self._streams.discard(stream))
-        return stream
-
-    def cancel_all(self) -> None:
-        """Cancel every running generation (their results end early, as after the reference's interrupt)."""
-        for stream in list(self._streams):
-            asyncio.ensure_future(stream.cancel())
-
-    async def refine(
-        self, texts: Sequence[str], sampling: SamplingParams | Sequence[SamplingParams], prompt: str = ""
-    ) -> list[list[int]]:
-        """Refined token ids per text (all texts batched), filtered to ids below `[break_0]` as the reference does;
-        `sampling` is one SamplingParams for every text or one per text."""
-        per_text = [sampling] * len(texts) if isinstance(sampling, SamplingParams) else list(sampling)
-        if len(per_text) != len(texts):
-            raise InvalidInputError(f"{len(per_text)} sampling params for {len(texts)} texts", field="sampling")
-        streams = [self._track(self.text_gen.submit(self.text_prompt(t, prompt), s)) for t, s in zip(texts, per_text)]
-        try:
-            results = await asyncio.gather(*(s.collect() for s in streams))
-        finally:
-            for s in streams:
-                await s.cancel()
+    def refined_text(self, steps: Iterable[StepOutput]) -> str:
+        """The text of a refinement's tokens, keeping ids below `[break_0]` as the reference does."""
         limit = self.models.tokenizer.break_0_id
-        return [[int(i) for i in r.token_ids[:, 0].tolist() if i < limit] for r in results]
+        return self.models.tokenizer.decode([int(s.token_ids[0]) for s in steps if int(s.token_ids[0]) < limit])
 
     # ----- decoding --------------------------------------------------------------------------------------------
 
@@ -150,11 +129,33 @@ class ChatTTSRuntime:
             wavs = decode_rows(self.models, list(rows), use_decoder)
         return [w.float().numpy() for w in wavs]
 
-    async def decode(self, frames: torch.Tensor, use_decoder: bool) -> np.ndarray:
-        """float32 wav of one row of frames: hiddens (T, H) with the Decoder, codes (T, 4) with the DVAE."""
+    def decode_future(self, frames: torch.Tensor, use_decoder: bool) -> Future[np.ndarray]:
+        """The float32 wav of one row of frames (hiddens (T, H) with the Decoder, codes (T, 4) with the DVAE), batched
+        with the decodes of other requests."""
         if frames.shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
-        return await self.decoder.submit(bool(use_decoder), frames)
+            done: Future[np.ndarray] = Future()
+            done.set_result(np.zeros(0, dtype=np.float32))
+            return done
+        return self.decoder.submit(bool(use_decoder), frames)
+
+    def decode(self, frames: torch.Tensor, use_decoder: bool) -> np.ndarray:
+        """`decode_future`, waited for (blocking: call from a worker thread)."""
+        return self.decode_future(frames, use_decoder).result()
+
+    def stream_audio(self, steps: Iterable[StepOutput], use_decoder: bool = True) -> Iterator[np.ndarray]:
+        """float32 audio chunks of one utterance as its steps arrive (blocking): windowed decode, seamless joins."""
+        frames = ((step.hidden if use_decoder else step.token_ids)[None] for step in steps)
+        yield from stream_windows(frames, lambda window: self.decode(window, use_decoder), FRAME_SAMPLES, wav_length,
+                                  SAMPLE_RATE, self.stream_plan)
+
+    # ----- the Chat facade's async calls (on its event loop; blocking parts on threads) --------------------------
+
+    def generate_codes(self, req: CodeRequest) -> GenerationStream:
+        """Start generating code frames for one utterance (call from the event loop); `stop_all` reaches it."""
+        stream = self.code_gen.submit(self.code_prompt(req), req.sampling)
+        self._streams.add(stream)
+        asyncio.ensure_future(stream.wait_finished()).add_done_callback(lambda _f: self._streams.discard(stream))
+        return stream
 
     async def synthesize(self, req: CodeRequest, use_decoder: bool = True) -> tuple[np.ndarray, torch.Tensor]:
         """Generate and decode one utterance; returns (wav, code ids (T, 4))."""
@@ -166,29 +167,44 @@ class ChatTTSRuntime:
         frames = result.hiddens if use_decoder else result.token_ids
         if frames is None:
             frames = torch.zeros(0, self.hidden_size)
-        return await self.decode(frames, use_decoder), result.token_ids
+        return await asyncio.wrap_future(self.decode_future(frames, use_decoder)), result.token_ids
+
+    @contextlib.asynccontextmanager
+    async def _context(self) -> AsyncIterator[RequestContext]:
+        """A request context that `stop_all` reaches; closed (its generations cancelled) on exit."""
+        ctx = RequestContext(asyncio.get_running_loop())
+        self._contexts.add(ctx)
+        try:
+            yield ctx
+        finally:
+            self._contexts.discard(ctx)
+            await ctx.close()
+
+    async def stop_all(self) -> None:
+        """End every running generation of the async calls early: they return what was made so far, as after the
+        reference's interrupt."""
+        await asyncio.gather(*(s.cancel() for s in list(self._streams)), *(c.stop() for c in list(self._contexts)))
+
+    async def refine(self, texts: Sequence[str], sampling: SamplingParams | Sequence[SamplingParams],
+                     prompt: str = "") -> list[str]:
+        """Refined texts (all batched); `sampling` is one SamplingParams for every text or one per text."""
+        per_text = [sampling] * len(texts) if isinstance(sampling, SamplingParams) else list(sampling)
+        if len(per_text) != len(texts):
+            raise InvalidInputError(f"{len(per_text)} sampling params for {len(texts)} texts", field="sampling")
+        async with self._context() as ctx:
+            feeds = [ctx.generate(self.refine_call(t, s, prompt)) for t, s in zip(texts, per_text)]
+            return list(await asyncio.gather(*(asyncio.to_thread(self.refined_text, feed) for feed in feeds)))
 
     async def stream(self, req: CodeRequest, use_decoder: bool = True) -> AsyncIterator[np.ndarray]:
-        """float32 audio chunks of one utterance as it is generated (windowed decode with crossfaded seams)."""
-        gen = self.generate_codes(req)
-
-        async def frames() -> AsyncIterator[torch.Tensor]:
-            async for step in gen:
-                row = step.hidden if use_decoder else step.token_ids
-                yield row[None]
-
-        try:
-            async for chunk in stream_windows(
-                frames(),
-                lambda window: self.decode(window, use_decoder),
-                FRAME_SAMPLES,
-                wav_length,
-                SAMPLE_RATE,
-                self.stream_plan,
-            ):
-                yield chunk
-        finally:
-            await gen.cancel()
+        """`stream_audio` of one utterance, driven from the event loop (its blocking steps run on a thread)."""
+        async with self._context() as ctx:
+            chunks = self.stream_audio(ctx.generate(self.code_call(req)), use_decoder)
+            try:
+                while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                    yield chunk
+            finally:
+                await ctx.close()  # first: a step waiting on the generation wakes up
+                await asyncio.to_thread(chunks.close)
 
     # ----- speakers --------------------------------------------------------------------------------------------
 

@@ -8,16 +8,19 @@ parameters such as speed), since Piper cannot clone from audio.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fast_tts.engine.base import BASE_PARAMS, AsyncEngine, Voice
+from fast_tts.engine.base import AsyncEngine, ProgressFn, SegmentJob, Voice
+from fast_tts.engine.lm import RequestContext
+from fast_tts.engine.params import SpeechParams, given
 from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError, UnsupportedOperationError
 from fast_tts.models.piper import PiperRunner, bundled_voice_paths
 
@@ -33,6 +36,14 @@ class _VoiceFile:
     language: str
     alias: str | None
     speakers: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PiperVoice:
+    """Which voice file a voice speaks with, and which of its speakers (None: a single-speaker model)."""
+
+    key: str
+    speaker_id: int | None
 
 
 def find_piper_voices(model_path: str | Path | None) -> list[tuple[Path, Path]]:
@@ -73,17 +84,17 @@ class AsyncPiperEngine(AsyncEngine):
     def __init__(self, model_path: str | Path | None = None, *, threads_per_request: int = 1, **kw: Any) -> None:
         files = [_describe(m, c) for m, c in find_piper_voices(model_path)]
         self._files = {f.key: f for f in files}
-        self._names: dict[str, tuple[str, int | None]] = {}
+        self._names: dict[str, PiperVoice] = {}
         for f in files:
-            self._names[f.key] = (f.key, None)
+            self._names[f.key] = PiperVoice(f.key, None)
             for speaker, sid in f.speakers.items():
-                self._names[f"{f.key}:{speaker}"] = (f.key, sid)
+                self._names[f"{f.key}:{speaker}"] = PiperVoice(f.key, sid)
         for f in files:  # short names only where unambiguous
             shorts = ([f.alias] if f.alias else []) + list(f.speakers)
             for short in shorts:
                 taken = sum(short == g.alias or short in g.speakers for g in files) > 1
                 if not taken and short not in self._names:
-                    self._names[short] = (f.key, f.speakers.get(short))
+                    self._names[short] = PiperVoice(f.key, f.speakers.get(short))
         first = files[0]
         self.sample_rate = first.sample_rate
         self.default_voice = first.alias if first.alias in self._names else first.key
@@ -116,26 +127,24 @@ class AsyncPiperEngine(AsyncEngine):
     def _builtin_voices(self) -> list[str]:
         return list(self._names)
 
-    def _builtin_voice(self, name: str) -> Voice:
+    def _builtin_voice(self, name: str) -> Voice[PiperVoice]:
         if name not in self._names:
             raise UnknownVoiceError(name, self.list_speakers())
         return Voice(name, self._names[name])
 
-    def _prepare(self, text: str, voice: Voice, params: dict[str, Any]) -> list[Any]:
+    def _prepare(self, text: str, voice: Voice[PiperVoice], params: SpeechParams, ctx: RequestContext) -> list[str]:
         """Normalize with wetext only for languages it knows (en, zh); other voices read raw text via espeak."""
-        if self._files[voice.data[0]].language not in ("en", "zh"):
-            params = {**params, "normalize": False}
-        return super()._prepare(text, voice, params)
+        if self._files[voice.data.key].language not in ("en", "zh"):
+            params = dataclasses.replace(params, normalize=False)
+        return super()._prepare(text, voice, params, ctx)
 
-    def _synthesize(self, segment: str, voice: Voice, params: dict[str, Any]) -> Iterator[np.ndarray]:
+    def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
         """One chunk per sentence of the segment."""
-        key, speaker_id = voice.data
-        runner = self._runner(key)
-        noise = 0.0 if params["deterministic"] else None
-        for phonemes in runner.sentences(segment):
-            audio = runner.synthesize(
-                phonemes, speaker_id, length_scale=1.0 / params["speed"], noise_scale=noise, noise_w=noise
-            )
+        runner = self._runner(job.voice.data.key)
+        noise = 0.0 if job.params.deterministic else None
+        for phonemes in runner.sentences(job.segment.text):
+            audio = runner.synthesize(phonemes, job.voice.data.speaker_id, length_scale=1.0 / job.params.speed,
+                                      noise_scale=noise, noise_w=noise)
             if runner.sample_rate != self.sample_rate:
                 from fast_tts.audio import resample
 
@@ -159,12 +168,37 @@ class AsyncPiperEngine(AsyncEngine):
         self._params(Voice(base, self._names[base]), preset)  # validate now, not at first use
         return {}, {"voice": base, "params": preset}
 
-    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice:
+    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice[PiperVoice]:
         base = meta.get("voice")
         if base not in self._names:
             raise InvalidInputError(f"speaker {name!r} needs voice {base!r}, which this model lacks", field="voice")
-        preset = {k: v for k, v in dict(meta.get("params") or {}).items() if k in BASE_PARAMS}
+        fields = {f.name for f in dataclasses.fields(SpeechParams)}
+        preset = {k: v for k, v in dict(meta.get("params") or {}).items() if k in fields}
         return Voice(name, self._names[base], preset)
+
+    # ----- public API -----------------------------------------------------------------------------------------
+
+    async def speak_async(self, text: str, name: str | None = None, *, speed: float | None = None,
+                          seed: int | None = None, deterministic: bool | None = None,
+                          length_threshold: int | None = None, window_size: int | None = None,
+                          normalize: bool | None = None, progress: ProgressFn | None = None,
+                          **unknown: Any) -> np.ndarray:
+        """Speak `text` with voice `name` (the default voice when None); mono int16 at `sample_rate`.
+
+        speed: 0.25 to 4 (length scale 1/speed; default 1.0 or the speaker's preset). seed / deterministic:
+        noise-free, bit-identical output (Piper's noise cannot be seeded). length_threshold / window_size: text
+        splitting (default 50 / 50). normalize: speak numbers, dates and money (default True). progress(done, total)
+        is called as segments finish.
+        """
+        return await self._speak(text, name, given(locals()), progress)
+
+    def speak_stream_async(self, text: str, name: str | None = None, *, speed: float | None = None,
+                           seed: int | None = None, deterministic: bool | None = None,
+                           length_threshold: int | None = None, window_size: int | None = None,
+                           normalize: bool | None = None, progress: ProgressFn | None = None,
+                           **unknown: Any) -> AsyncIterator[np.ndarray]:
+        """speak_async's audio as int16 chunks, one per sentence as it is made; closing the iterator cancels."""
+        return self._speak_stream(text, name, given(locals()), progress)
 
     def _close(self) -> None:
         self._runners.clear()

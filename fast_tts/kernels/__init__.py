@@ -78,7 +78,7 @@ def native() -> Native | None:
         ffi.cdef(declarations())
         lib = ffi.dlopen(_native.__file__)
         features = int(lib.fast_tts_cpu_features())
-    except Exception as exc:  # noqa: BLE001 - any failure to load means the torch path, never an error
+    except Exception as exc:
         log.info("native kernels: not available in this install (%s: %s); using torch", type(exc).__name__, exc)
         return None
     if not features & lib.FAST_TTS_CPU_AVX512F:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_tts.kernels import Native, native
+
 # a few rows times a weight this small finish on one thread before the pool's helpers would have woken up
 SMALL_WEIGHT_BYTES = 4 << 20
 

@@ -12,8 +12,9 @@ at positions <= p of its row, so stale entries of a row's previous occupant are 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ class DecoderConfig:
         return self.head_dim or self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf(cls, cfg: Mapping[str, Any]) -> "DecoderConfig":
+    def from_hf(cls, cfg: Mapping[str, Any]) -> DecoderConfig:
         """Build from a Hugging Face `config.json` dict of a Llama or Qwen2 model."""
         arch = " ".join(cfg.get("architectures") or []) + " " + str(cfg.get("model_type", ""))
         act = cfg.get("hidden_act", "silu")

@@ -1,6 +1,7 @@
 """MegaTTS3 inference, stage by stage: reference preprocessing once per voice, then per text segment
 G2P phones -> duration LM -> DiT -> WaveVAE -> trim, loudness match and peak guard; segments joined with a 0.16 s
-Hann crossfade; int16 by truncation (x * 32767 cast), as the reference writes its wav.
+Hann crossfade; int16 by truncation (x * 32767 cast), as the reference writes its wav (`REFERENCE_JOIN`, the rule the
+engine streams by too).
 
 A reference longer than the aligner's position table allows is trimmed to `MAX_REFERENCE_SECONDS` with a warning
 (the latent, sliced to the aligned length, follows the trim).
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fast_tts.audio import JoinRule
 from fast_tts.errors import InvalidInputError, UnsupportedOperationError
 from fast_tts.models.megatts3 import frontend
 from fast_tts.models.megatts3.dit import NoiseFn, prepare_inputs
@@ -66,21 +68,9 @@ def clean_text(text: str) -> str:
     return re.sub(r" {2,}", " ", _NEWLINES.sub(" ", _BRACKETS.sub("", text))).strip()
 
 
-def crossfade(segments: list[np.ndarray], sample_rate: int = SAMPLE_RATE, seconds: float = CROSSFADE_S) -> np.ndarray:
-    """Join segments with halves of np.hanning(2w) over w = sr*seconds samples (the reference's combine)."""
-    w = int(sample_rate * seconds)
-    win = np.hanning(2 * w)
-    out = np.asarray(segments[0], dtype=np.float64)
-    for seg in segments[1:]:
-        seg = np.asarray(seg, dtype=np.float64)
-        overlap = out[-w:] * win[w:] + seg[:w] * win[:w]
-        out = np.concatenate([out[:-w], overlap, seg[w:]])
-    return out
-
-
-def to_int16(wav: np.ndarray) -> np.ndarray:
-    """x * 32767 truncated toward zero, as the reference's wav writer."""
-    return (np.asarray(wav, dtype=np.float64) * 32767).astype(np.int16)
+# The reference's join: halves of np.hanning(2w) over w = 0.16 s at each seam, in float64; int16 as its wav writer
+# makes it, x * 32767 cut toward zero. The engine streams by the same rule.
+REFERENCE_JOIN = JoinRule(CROSSFADE_S, "hanning", np.float64, int16_scale=32767.0, int16_truncate=True)
 
 
 def match_loudness(wav: np.ndarray, target: float) -> np.ndarray:
@@ -273,9 +263,9 @@ class MegaTTS3Pipeline:
             if on_segment is not None:
                 on_segment(i, out)
             outs.append(out.wav)
-        return crossfade(outs)
+        return REFERENCE_JOIN.join(outs, SAMPLE_RATE)
 
     def speak(self, ref: ReferencePrompt, texts: list[str], **params) -> np.ndarray:
         """Text segments -> int16 audio at 24 kHz."""
         phones = [self.phonemize(t) for t in texts]
-        return to_int16(self.synthesize(ref, phones, **params))
+        return REFERENCE_JOIN.int16(self.synthesize(ref, phones, **params))
