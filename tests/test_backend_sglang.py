@@ -40,9 +40,16 @@ def test_sampling_parameters() -> None:
     assert greedy["temperature"] == 0.0 and greedy["top_k"] == -1 and "sampling_seed" not in greedy
 
 
+class _Noise:
+    """A noise source (replayed random draws): something an engine that samples by itself cannot take."""
+
+    def noise(self, step: int):
+        raise AssertionError("never drawn")
+
+
 @pytest.mark.parametrize("params, field", [
     (SamplingParams(return_hidden=True), "return_hidden"),
-    (SamplingParams(seed=1, reseed_every_step=True), "reseed_every_step"),
+    (SamplingParams(seed=1, noise=_Noise()), "noise"),
     (SamplingParams(repetition_window=16), "repetition_window"),
     (SamplingParams(min_new_tokens=3, stop_token_ids=[1]), "min_new_tokens"),
     (SamplingParams(top_k=20, min_tokens_to_keep=3), "min_tokens_to_keep"),

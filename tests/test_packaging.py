@@ -18,25 +18,32 @@ from fast_tts import kernels
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _installed() -> metadata.Distribution:
+    """fast-tts as pip installed it (pip records direct_url.json; an in-tree fast_tts.egg-info left by a build does
+    not count)."""
+    found = [d for d in metadata.distributions()
+             if d.metadata["Name"] == "fast-tts" and d.read_text("direct_url.json")]
+    assert found, "fast-tts is not installed with pip"
+    return found[0]
+
+
 def _editable() -> bool:
-    direct = metadata.distribution("fast-tts").read_text("direct_url.json")
-    return bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
+    return bool(json.loads(_installed().read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
 
 
 def test_the_tests_import_the_installed_package() -> None:
     """Not a source tree that happens to be on sys.path: the files pip installed (or, editable, linked)."""
-    dist = metadata.distribution("fast-tts")
     package = Path(fast_tts.__file__).resolve().parent
     if _editable():
         assert package == REPO / "fast_tts"
     else:
-        installed = Path(dist.locate_file("fast_tts/__init__.py")).resolve().parent
+        installed = Path(_installed().locate_file("fast_tts/__init__.py")).resolve().parent
         assert package == installed and REPO not in package.parents
 
 
 def test_the_install_carries_the_kernels() -> None:
     """The header cffi reads ships with the package, and on x86-64 Linux the kernels were compiled at install."""
-    files = {str(f) for f in metadata.distribution("fast-tts").files or []}
+    files = {str(f) for f in _installed().files or []}
     package = Path(fast_tts.__file__).resolve().parent
     assert (package / "kernels" / "fast_tts_kernels.h").is_file()
     if not _editable():

@@ -145,8 +145,8 @@ class LlamaCppBackend(WorkerBackend):
         """The stock-head mode samples with llama.cpp: it has no per-step reseeding and returns no hidden states."""
         super().check_params(params)
         if self.stock_head:
-            if params.reseed_every_step:
-                raise refuse("reseed_every_step", self.name, "llama.cpp's dist sampler draws from one seeded stream")
+            if params.noise is not None:
+                raise refuse("noise", self.name, "llama.cpp's dist sampler draws from one seeded stream")
             if params.return_hidden:
                 raise refuse("return_hidden", self.name, "this model's stock head is run by llama.cpp, which then "
                              "returns logits, not hidden states")

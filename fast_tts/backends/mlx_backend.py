@@ -92,8 +92,8 @@ class MlxBackend(WorkerBackend):
         super().check_params(params)
         if params.return_hidden:
             raise refuse("return_hidden", self.name, "mlx-lm's generator returns tokens, not hidden states")
-        if params.reseed_every_step:
-            raise refuse("reseed_every_step", self.name, "each request draws from one seeded key stream")
+        if params.noise is not None:
+            raise refuse("noise", self.name, "each request draws from one seeded key stream")
         if params.min_tokens_to_keep > 1 and params.top_p is not None and params.top_p < 1.0:
             raise refuse("min_tokens_to_keep > 1 with top_p", self.name, "mlx-lm's top-p keeps no minimum")
 

@@ -78,8 +78,8 @@ def check_sampling(params: SamplingParams) -> None:
     """Refuse the SamplingParams fields SGLang has no counterpart for."""
     if params.return_hidden:
         raise refuse("return_hidden", NAME, "SGLang samples with the checkpoint's head and streams ids")
-    if params.reseed_every_step:
-        raise refuse("reseed_every_step", NAME, "SGLang seeds a request once (sampling_seed)")
+    if params.noise is not None:
+        raise refuse("noise", NAME, "SGLang seeds a request once (sampling_seed)")
     if params.repetition_window is not None:
         raise refuse("repetition_window", NAME, "SGLang's repetition penalty covers the whole sequence")
     if params.min_new_tokens and params.stop_token_ids:

@@ -190,7 +190,7 @@ class VLLMBackend:
 
         for name, value, plain in (("repetition_window", params.repetition_window, None),
                                    ("min_tokens_to_keep", params.min_tokens_to_keep, 1),
-                                   ("reseed_every_step", params.reseed_every_step, False),
+                                   ("noise", params.noise, None),
                                    ("return_hidden", params.return_hidden, False)):
             if value != plain:
                 raise UnsupportedOperationError(f"the vLLM backend does not support {name}={value!r}")
