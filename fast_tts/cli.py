@@ -42,18 +42,19 @@ def build_parser(with_serve_args: bool = False) -> argparse.ArgumentParser:
     speak.add_argument("text", nargs="?", help="text to speak (or use -i FILE)")
     speak.add_argument("-i", "--input", help="read the text from this file ('-' for stdin)")
     speak.add_argument("-o", "--output", help="output file, or '-' for stdout (default: speech.<format>)")
-    speak.add_argument("--voice", help="voice or speaker name (see `fast-tts voices`)")
+    speak.add_argument("--voice", help="voice or speaker name (see `fast-tts voices`; default: each language to its "
+                                       "voice)")
     speak.add_argument("--format", help="wav, mp3, opus, aac, flac or pcm (default: from the output suffix, else wav)")
     speak.add_argument("--speed", type=float, default=1.0, help="speaking rate, 0.25 to 4.0 (default 1.0)")
     speak.add_argument("--stream", action="store_true", help="write audio as it is made (with -o -: to stdout)")
-    speak.add_argument("--model", help="model file or folder (default: the bundled Piper voice)")
+    speak.add_argument("--model", help="model file or folder (default: the bundled voices)")
     speak.add_argument("--seed", type=int, help="reproducible output (Piper: noise-free synthesis)")
     speak.add_argument("--speakers-dir", help="speaker store to find custom speakers in (e.g. the server's)")
     speak.add_argument("--backend", help="LM backend of ChatTTS / MegaTTS3: torch (default), llama-cpp, mlx-lm, "
                                          "sglang (each but torch is an extra; see the README)")
 
-    voices = commands.add_parser("voices", help="list the voices of a model")
-    voices.add_argument("--model", help="model file or folder (default: the bundled Piper voice)")
+    voices = commands.add_parser("voices", help="list the voices of a model and the languages they speak")
+    voices.add_argument("--model", help="model file or folder (default: the bundled voices)")
     voices.add_argument("--speakers-dir", help="also list the custom speakers stored here")
 
     serve = commands.add_parser("serve", help="start the HTTP server (needs the 'server' extra)")
@@ -106,12 +107,14 @@ def _output(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 
 def _store(args: argparse.Namespace) -> dict[str, Any]:
-    """Engine keyword for --speakers-dir (which must be an existing folder: the CLI never creates one)."""
+    """Engine keywords: --speakers-dir (an existing folder: the CLI never creates one), and for the bundled voices
+    `preload=False`, so a run loads only the voices its text needs."""
+    kw: dict[str, Any] = {} if args.model else {"preload": False}
     if args.speakers_dir is None:
-        return {}
+        return kw
     if not Path(args.speakers_dir).is_dir():
         raise _Usage(f"speakers folder not found: {args.speakers_dir}")
-    return {"speakers_dir": args.speakers_dir}
+    return {**kw, "speakers_dir": args.speakers_dir}
 
 
 async def _speak(args: argparse.Namespace) -> int:
@@ -141,16 +144,20 @@ async def _speak(args: argparse.Namespace) -> int:
     try:
         if args.stream:
             encoder = StreamEncoder(fmt, engine.sample_rate)
+            stream = engine.speak_stream_async(text, args.voice, **params)
+            chunk = await anext(stream, None)  # a mistake (voice, language) fails here, before a file is opened
             sink = sys.stdout.buffer if path is None else open(path, "wb")  # noqa: SIM115 - closed below
             samples = 0
             try:
-                async for chunk in engine.speak_stream_async(text, args.voice, **params):
+                while chunk is not None:
                     samples += len(chunk)
                     sink.write(encoder.write(chunk))
                     sink.flush()
+                    chunk = await anext(stream, None)
                 sink.write(encoder.close())
                 sink.flush()
             finally:
+                await stream.aclose()
                 if path is not None:
                     sink.close()
         else:
@@ -174,16 +181,33 @@ async def _speak(args: argparse.Namespace) -> int:
 
 
 async def _voices(args: argparse.Namespace) -> int:
-    """Run `voices`: one name per line, the default marked."""
+    """Run `voices`: one voice per line, the default marked, then the languages it speaks where the engine says."""
     from fast_tts.engine.auto import AutoEngine
 
     engine = AutoEngine(args.model, **_store(args))
     try:
-        for name in engine.list_speakers():
-            print(f"{name} (default)" if name == engine.default_voice else name)
+        rows = [(f"{name} (default)" if name == engine.default_voice else name, _languages(engine, name))
+                for name in engine.list_speakers()]
+        width = max(len(label) for label, _ in rows)
+        for label, detail in rows:
+            print(f"{label:<{width}}  {detail}" if detail else label)
     finally:
         await engine.shutdown()
     return 0
+
+
+def _languages(engine: Any, name: str) -> str:
+    """ "en, zh  (en: joe, zh: jm_kumo)" for a built-in voice of an engine that knows languages; "" otherwise."""
+    from fast_tts.errors import UnknownVoiceError
+
+    try:
+        spoken = engine.voice_languages(name) if hasattr(engine, "voice_languages") else ()
+    except UnknownVoiceError:  # a custom speaker
+        return ""
+    detail = ", ".join(spoken)
+    if len(spoken) > 1 and hasattr(engine, "voice_routes"):
+        detail += "  (" + ", ".join(f"{lang}: {voice}" for lang, voice in engine.voice_routes(name)) + ")"
+    return detail
 
 
 def main(argv: Sequence[str] | None = None) -> int:

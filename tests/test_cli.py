@@ -76,7 +76,8 @@ def test_speak_writes_a_wav_and_says_where(tmp_path: Path) -> None:
 def test_voices_lists_the_bundled_voice(tmp_path: Path) -> None:
     result = run_cli("voices", cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.decode().splitlines() == ["en_US-joe-medium", "joe (default)"]
+    names = [line.split()[0] for line in result.stdout.decode().splitlines()]
+    assert "joe" in names and "en_US-joe-medium" in names  # the full listing: tests/test_zh_cli.py
 
 
 def test_speakers_from_a_store(tmp_path: Path) -> None:
@@ -91,7 +92,8 @@ def test_speakers_from_a_store(tmp_path: Path) -> None:
 
     asyncio.run(make())
     listed = run_cli("voices", "--speakers-dir", "store", cwd=tmp_path)
-    assert listed.stdout.decode().splitlines() == ["en_US-joe-medium", "joe (default)", "brisk"]
+    lines = listed.stdout.decode().splitlines()
+    assert lines[-1] == "brisk" and "joe" in [line.split()[0] for line in lines]  # built-ins (and languages) first
     spoken = run_cli("speak", "A stored speaker.", "--voice", "brisk", "--speakers-dir", "store", "-o", "b.wav",
                      cwd=tmp_path)
     assert spoken.returncode == 0, spoken.stderr.decode()

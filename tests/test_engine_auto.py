@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fast_tts.engine.auto import ENGINES, AutoEngine, detect_family
+from fast_tts.engine.auto import ENGINES, AutoEngine, bundled_languages, detect_family
 from fast_tts.engine.piper import AsyncPiperEngine, PiperVoice
 from fast_tts.errors import ModelLoadError, UnknownVoiceError
 from fast_tts.models.piper import bundled_voice_paths
@@ -57,8 +57,13 @@ def test_unknown_layouts_say_what_was_looked_for(tmp_path: Path) -> None:
 
 async def test_auto_engine_default_is_the_bundled_voice() -> None:
     engine = AutoEngine()
-    assert isinstance(engine, AsyncPiperEngine)
-    assert engine.family == "piper" and engine.default_voice == "joe" and not engine.can_clone
+    if "zh" in bundled_languages():  # the default voice set routes by language (tests/test_routing.py)
+        assert engine.family == "piper+kokoro" and engine.default_voice == "auto"
+        assert engine.voice_routes("auto") == (("en", "joe"), ("zh", "jm_kumo"))
+    else:
+        assert isinstance(engine, AsyncPiperEngine)
+        assert engine.family == "piper" and engine.default_voice == "joe"
+    assert not engine.can_clone and engine.sample_rate == 22050
     await engine.shutdown()
 
 

@@ -1,4 +1,9 @@
-"""AutoEngine: pick the model family from a checkpoint folder's layout and build that family's engine."""
+"""AutoEngine: the bundled voices (no path), or the family a checkpoint folder's layout shows, as an engine.
+
+With no model path the engine is the default voice set: English (Piper joe) and, when `fast-tts[zh]` is installed,
+Mandarin (Kokoro jm_kumo), routed by language (fast_tts.engine.routed). Without the extra it is the Piper voice
+alone, which refuses Chinese text with the install command.
+"""
 
 from __future__ import annotations
 
@@ -43,21 +48,49 @@ def detect_family(model_path: str | Path | None) -> str:
     )
 
 
-def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
-    """Build the engine for whatever `model_path` holds (the bundled Piper voice when None).
+def bundled_languages() -> list[str]:
+    """Languages the bundled voices speak on this install: en, plus zh with the `fast-tts[zh]` extra."""
+    from fast_tts.models.kokoro import missing_modules
 
-    `backend=` picks the LM backend of the families that have a language model (ChatTTS, MegaTTS3); Piper has none,
-    so a backend other than 'torch' is refused for it.
+    return ["en"] if missing_modules() else ["en", "zh"]
+
+
+def default_engine(*, preload: bool = True, **kw: Any) -> AsyncEngine:
+    """The bundled voices: Piper alone, or Piper and Kokoro routed by language (`preload=False`: Kokoro loads
+    when text first needs it)."""
+    from fast_tts.engine.piper import AsyncPiperEngine
+
+    if bundled_languages() == ["en"]:
+        return AsyncPiperEngine(None, **kw)
+    from fast_tts.engine.kokoro import AsyncKokoroEngine, kokoro_voice_names
+    from fast_tts.engine.routed import AsyncRoutedEngine, LanguageVoices
+
+    english = AsyncPiperEngine(None)
+    names = (english.default_voice, *(n for n in english.list_speakers() if n != english.default_voice))
+    members = [
+        LanguageVoices("en", "piper", names, lambda: english),
+        LanguageVoices("zh", "kokoro", tuple(kokoro_voice_names()), AsyncKokoroEngine),
+    ]
+    return AsyncRoutedEngine(members, preload=preload, **kw)
+
+
+def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
+    """Build the engine for whatever `model_path` holds (the bundled voices when None; see default_engine).
+
+    `backend=` picks the LM backend of the families that have a language model (ChatTTS, MegaTTS3); the bundled
+    voices and Piper have none, so a backend other than 'torch' is refused for them.
     """
-    family = detect_family(model_path)
+    family = "piper" if model_path is None else detect_family(model_path)
     if "backend" in kw:
         from fast_tts.backends import backend_name
 
         kw["backend"] = backend_name(kw["backend"])
-        if family in _NO_LM:
-            if kw.pop("backend") != "torch":
-                raise InvalidInputError(f"the {family} voice has no language model; backend= applies to ChatTTS "
-                                        "and MegaTTS3", "backend")
+        if family in _NO_LM and kw.pop("backend") != "torch":
+            raise InvalidInputError(f"the {family} voices have no language model; backend= applies to ChatTTS "
+                                    "and MegaTTS3", "backend")
+    if model_path is None:
+        return default_engine(**kw)
+    kw.pop("preload", None)  # only the bundled voice set loads lazily
     module_name, _, class_name = ENGINES[family].partition(":")
     try:
         module = importlib.import_module(module_name)

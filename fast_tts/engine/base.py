@@ -59,12 +59,21 @@ class Voice(Generic[D]):
 
 
 @dataclass(frozen=True)
+class SegmentText:
+    """What `_prepare` returns for a segment when the family needs more than the text: family data rides along."""
+
+    text: str
+    data: Any = None
+
+
+@dataclass(frozen=True)
 class Segment:
     """One piece of a request's text, as the family's `_prepare` made it; `index` of `count`."""
 
     text: str
     index: int
     count: int
+    data: Any = None  # the SegmentText's data, when `_prepare` gave one
 
 
 @dataclass(frozen=True)
@@ -210,7 +219,8 @@ class AsyncEngine(ABC):
     def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
         """float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread)."""
 
-    def _prepare(self, text: str, voice: Voice[Any], params: SpeechParams, ctx: RequestContext) -> list[str]:
+    def _prepare(self, text: str, voice: Voice[Any], params: SpeechParams,
+                 ctx: RequestContext) -> list[str] | list[SegmentText]:
         """Validated text -> segment texts (blocking, on a worker): normalize (wetext) and split (reference-004
         threshold and window)."""
         from fast_tts.text import normalize, split_text
@@ -350,10 +360,11 @@ class AsyncEngine(ABC):
         """The one streaming path (blocking generator, stepped on the workers one piece at a time): segments from
         `_prepare` (inside the first step, so a new request's first piece is one job), each segment's LM generation
         started `lm_ahead` segments early, its chunks joined at the seams, int16 out, progress."""
-        texts = [t for t in self._prepare(text, voice, params, ctx) if t.strip()]
-        if not texts:
+        prepared = [p if isinstance(p, SegmentText) else SegmentText(p) for p in self._prepare(text, voice, params, ctx)]
+        prepared = [p for p in prepared if p.text.strip()]
+        if not prepared:
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
-        segments = [Segment(text, i, len(texts)) for i, text in enumerate(texts)]
+        segments = [Segment(p.text, i, len(prepared), p.data) for i, p in enumerate(prepared)]
         joiner = self.join.joiner(self.sample_rate)
         feeds: dict[int, TokenFeed | None] = {}
         produced = 0

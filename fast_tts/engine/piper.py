@@ -21,6 +21,7 @@ import numpy as np
 from fast_tts.engine.base import AsyncEngine, ProgressFn, SegmentJob, Voice
 from fast_tts.engine.lm import RequestContext
 from fast_tts.engine.params import SpeechParams, given
+from fast_tts.engine.routed import check_readable
 from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError, UnsupportedOperationError
 from fast_tts.models.piper import PiperRunner, bundled_voice_paths
 
@@ -132,9 +133,18 @@ class AsyncPiperEngine(AsyncEngine):
             raise UnknownVoiceError(name, self.list_speakers())
         return Voice(name, self._names[name])
 
+    def voice_languages(self, name: str) -> tuple[str, ...]:
+        """The language of built-in voice `name`, from its config (empty when the config names none)."""
+        language = self._files[self._builtin_voice(name).data.key].language
+        return (language,) if language else ()
+
     def _prepare(self, text: str, voice: Voice[PiperVoice], params: SpeechParams, ctx: RequestContext) -> list[str]:
-        """Normalize with wetext only for languages it knows (en, zh); other voices read raw text via espeak."""
-        if self._files[voice.data.key].language not in ("en", "zh"):
+        """Refuse text in a writing the voice cannot read; normalize with wetext only for languages it knows (en,
+        zh); other voices read raw text via espeak."""
+        language = self._files[voice.data.key].language
+        if language:
+            check_readable(text, voice.name, (language,))
+        if language not in ("en", "zh"):
             params = dataclasses.replace(params, normalize=False)
         return super()._prepare(text, voice, params, ctx)
 

