@@ -1,4 +1,5 @@
-"""Build the native CPU kernels (fast_tts/kernels/*.c) as an optional extension; all other metadata is in pyproject.toml.
+"""Build the native CPU kernels (fast_tts/kernels/*.c) as an optional extension; all other metadata is in
+pyproject.toml.
 
 The kernels are x86-64 code with per-file target attributes, so the library builds with the system compiler's
 defaults and loads on any x86-64 CPU; it reports at run time which kernels the CPU can execute. Elsewhere (other

@@ -219,7 +219,8 @@ async def main() -> None:
     ap.add_argument("--no-pack", action="store_true", help="keep nn.Linear (no oneDNN weight prepacking)")
     args = ap.parse_args()
     print(
-        f"prompt {args.prompt} positions, {args.steps} decode steps, best of {args.repeats}; torch {torch.__version__}, "
+        f"prompt {args.prompt} positions, {args.steps} decode steps, best of {args.repeats}; "
+        f"torch {torch.__version__}, "
         f"cpu {torch.backends.cpu.get_cpu_capability()}, bf16 kernels {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )

@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from random_qwen2 import FULL, write_random_qwen2  # noqa: E402
+from random_qwen2 import FULL, write_random_qwen2
 
-from fast_tts.backends import create_backend  # noqa: E402
-from fast_tts.models.megatts3.g2p import G2P  # noqa: E402
-from fast_tts.sampling import SamplingParams  # noqa: E402
+from fast_tts.backends import create_backend
+from fast_tts.models.megatts3.g2p import G2P
+from fast_tts.sampling import SamplingParams
 
 REFERENCE_S = 14.8  # upstream G2P, 120 tokens, HF generate (shared/notes/megatts3-reference.md)
 TEXTS = ["hello world, this is a test", "the quick brown fox jumps", "fast text to speech on a small cpu",

@@ -29,12 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from chattts_checkpoint import FULL_DIMS, build_checkpoint, spk_stat_string  # noqa: E402
+from chattts_checkpoint import FULL_DIMS, build_checkpoint, spk_stat_string
 
-import fast_tts  # noqa: E402
-from fast_tts.models.chattts.gpt import ChatTTSGPT  # noqa: E402
-from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts  # noqa: E402
-from fast_tts.models.chattts.tokenizer import decorate_code_prompts  # noqa: E402
+import fast_tts
+from fast_tts.models.chattts.gpt import ChatTTSGPT
+from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
+from fast_tts.models.chattts.tokenizer import decorate_code_prompts
 
 TEXTS = ["hello world this is a benchmark sentence", "一二三四五六七八九十", "some more text to read aloud today",
          "四月的天气很好", "the quick brown fox jumps", "我们一起去公园", "numbers are words too", "你好世界"]
@@ -64,7 +64,7 @@ def rows_for(batch: int) -> list[str]:
 # ----- Chat.infer ------------------------------------------------------------------------------------------------
 
 
-def infer_params(tokens: int) -> "fast_tts.Chat.InferCodeParams":
+def infer_params(tokens: int) -> fast_tts.Chat.InferCodeParams:
     return fast_tts.Chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
 
 

@@ -29,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from chattts import TEXTS, ensure_checkpoint, reference  # noqa: E402  (benchmarks/chattts.py)
+from chattts import TEXTS, ensure_checkpoint, reference
 
-from fast_tts.engine.chattts import AsyncChatTTSEngine  # noqa: E402
+from fast_tts.engine.chattts import AsyncChatTTSEngine
 
 
 def rss_mb() -> float:

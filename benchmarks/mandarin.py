@@ -18,7 +18,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from fast_tts.server.launch import ServerProcess  # noqa: E402
+from fast_tts.server.launch import ServerProcess
 
 TEXTS = {
     "zh": "今天是2024年3月5日，天气很好。我们上午十点在公园门口见面，然后一起去湖边散步。",
@@ -82,10 +81,10 @@ async def _server_one(http: httpx.AsyncClient, url: str, text: str) -> tuple[flo
 
 def _plain(text: str) -> tuple[float, float, float]:
     """The reference way: misaki ZHG2P per whole sentence, one Kokoro call each (model loaded beforehand)."""
+    from misaki.zh import ZHG2P
+
     from fast_tts.models.kokoro import KokoroModel, load_bundled
     from fast_tts.text import normalize
-
-    from misaki.zh import ZHG2P
 
     model = KokoroModel(load_bundled())
     g2p = ZHG2P()

@@ -1,4 +1,5 @@
-"""Bundled Piper voice through AsyncPiperEngine: time to first chunk and real-time factor at 1 and 4 concurrent requests.
+"""Bundled Piper voice through AsyncPiperEngine: time to first chunk and real-time factor at 1 and 4 concurrent
+requests.
 
 Usage: python benchmarks/piper.py [--runs 3] [--concurrency 1 4] [--max-concurrency 2]
 Each request streams a ~20 s paragraph. Per setting, the medians over the runs are printed:
@@ -21,7 +22,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from fast_tts.engine.piper import AsyncPiperEngine  # noqa: E402
+from fast_tts.engine.piper import AsyncPiperEngine
 
 PARAGRAPH = (
     "The harbor was quiet in the early morning, and the fishing boats rocked gently against the pier. "
@@ -69,7 +70,8 @@ async def main() -> None:
     engine = AsyncPiperEngine(max_concurrency=args.max_concurrency, workers=args.workers)
     load = time.perf_counter() - load_start
     await engine.speak_async("Warm up the text normalizer and the voice.")
-    print(f"voice load {load:.2f} s; engine slots {args.max_concurrency}, workers {engine.workers}; median of {args.runs} runs")
+    print(f"voice load {load:.2f} s; engine slots {args.max_concurrency}, workers {engine.workers}; "
+          f"median of {args.runs} runs")
     print(f"{'concurrency':>11} {'audio s':>8} {'ttfc s':>8} {'rtf':>7} {'x real-time':>12}")
     runner = engine._runner(engine._names[engine.default_voice][0])
     direct = []
@@ -77,7 +79,8 @@ async def main() -> None:
         start = time.perf_counter()
         samples = sum(len(a) for a in runner.speak(PARAGRAPH))
         direct.append((time.perf_counter() - start) / (samples / runner.sample_rate))
-    print(f"{'runner only':>11} {'':>8} {'':>8} {statistics.median(direct):>7.3f} {1 / statistics.median(direct):>12.1f}")
+    direct_s = statistics.median(direct)
+    print(f"{'runner only':>11} {'':>8} {'':>8} {direct_s:>7.3f} {1 / direct_s:>12.1f}")
     for concurrency in args.concurrency:
         runs = [await run(engine, concurrency) for _ in range(args.runs)]
         med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}

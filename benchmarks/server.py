@@ -31,8 +31,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from fast_tts.audio import read_audio  # noqa: E402
-from fast_tts.server.launch import ServerProcess  # noqa: E402
+from fast_tts.audio import read_audio
+from fast_tts.server.launch import ServerProcess
 
 TEXTS = [
     "The weather today is mild, with a light breeze from the west. Later in the evening, clouds roll in.",

@@ -43,7 +43,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -96,14 +96,14 @@ class Chat:
         min_new_token: int = 0
         show_tqdm: bool = True
         ensure_non_empty: bool = True
-        manual_seed: Optional[int] = None
+        manual_seed: int | None = None
 
     @dataclass(repr=False, eq=False)
     class InferCodeParams(RefineTextParams):
         prompt: str = "[speed_5]"
-        spk_emb: Optional[str] = None
-        spk_smp: Optional[str] = None
-        txt_smp: Optional[str] = None
+        spk_emb: str | None = None
+        spk_smp: str | None = None
+        txt_smp: str | None = None
         temperature: float = 0.3
         repetition_penalty: float = 1.05
         max_new_token: int = 2048
@@ -142,8 +142,8 @@ class Chat:
         self,
         source: Literal["huggingface", "local", "custom"] = "local",
         force_redownload: bool = False,
-        custom_path: Optional[Union[str, os.PathLike]] = None,
-    ) -> Optional[str]:
+        custom_path: str | os.PathLike | None = None,
+    ) -> str | None:
         """Folder holding the checkpoint (`asset/...`), downloading from Hugging Face when needed; None on failure."""
         from fast_tts.models.chattts.loader import verify_files
 
@@ -170,7 +170,7 @@ class Chat:
             if not path.is_file():
                 raise ModelLoadError(f"missing checkpoint file {path}")
 
-    def _paths(self, root: Union[str, os.PathLike]) -> Any:
+    def _paths(self, root: str | os.PathLike) -> Any:
         """Checkpoint paths under `root` from `config.path` (the official layout unless changed)."""
         from fast_tts.models.chattts.loader import CheckpointPaths
 
@@ -180,7 +180,7 @@ class Chat:
             embed=root / p.embed_path, gpt_dir=root / p.gpt_ckpt_path, tokenizer_dir=root / p.tokenizer_path,
         )
 
-    def _from_hub(self, cache_dir: Any, force: bool, local_dir: Path | None = None) -> Optional[str]:
+    def _from_hub(self, cache_dir: Any, force: bool, local_dir: Path | None = None) -> str | None:
         if not force and local_dir is None:
             cached = _latest_snapshot(cache_dir)
             if cached is not None:
@@ -188,7 +188,8 @@ class Chat:
         try:
             from huggingface_hub import snapshot_download
         except ImportError as exc:
-            raise MissingDependencyError("source='huggingface' needs huggingface_hub: pip install huggingface_hub") from exc
+            raise MissingDependencyError(
+                "source='huggingface' needs huggingface_hub: pip install huggingface_hub") from exc
         kwargs: dict[str, Any] = {"repo_id": HF_REPO, "allow_patterns": HF_PATTERNS, "force_download": force}
         if local_dir is not None:
             kwargs["local_dir"] = str(local_dir)
@@ -213,9 +214,9 @@ class Chat:
         source: Literal["huggingface", "local", "custom"] = "local",
         force_redownload: bool = False,
         compile: bool = False,
-        custom_path: Optional[Union[str, os.PathLike]] = None,
-        device: Optional[Any] = None,
-        coef: Optional[Any] = None,
+        custom_path: str | os.PathLike | None = None,
+        device: Any | None = None,
+        coef: Any | None = None,
         use_flash_attn: bool = False,
         use_vllm: bool = False,
         experimental: bool = False,
@@ -251,9 +252,9 @@ class Chat:
         embed_path: str,
         decoder_ckpt_path: str,
         tokenizer_path: str,
-        device: Optional[Any] = None,
+        device: Any | None = None,
         compile: bool = False,
-        coef: Optional[str] = None,
+        coef: str | None = None,
         use_flash_attn: bool = False,
         **options: Any,
     ) -> bool:
@@ -333,7 +334,7 @@ class Chat:
         self._require()
         return self.speaker.sample_random()
 
-    def sample_audio_speaker(self, wav: Union[np.ndarray, Any]) -> str:
+    def sample_audio_speaker(self, wav: np.ndarray | Any) -> str:
         """Audio-prompt string of a 1-D 24 kHz wav (DVAE codes), for `InferCodeParams.spk_smp`."""
         return self._require().audio_prompt(wav)
 
@@ -348,9 +349,9 @@ class Chat:
 
     def infer(
         self,
-        text: Union[str, list[str]],
+        text: str | list[str],
         stream: bool = False,
-        lang: Optional[str] = None,
+        lang: str | None = None,
         skip_refine_text: bool = False,
         refine_text_only: bool = False,
         use_decoder: bool = True,
@@ -358,8 +359,8 @@ class Chat:
         do_homophone_replacement: bool = True,
         split_text: bool = True,
         max_split_batch: int = 4,
-        params_refine_text: Optional["Chat.RefineTextParams"] = None,
-        params_infer_code: Optional["Chat.InferCodeParams"] = None,
+        params_refine_text: Chat.RefineTextParams | None = None,
+        params_infer_code: Chat.InferCodeParams | None = None,
     ) -> Any:
         """Synthesize: a list of float32 wavs (one concatenated wav if split_text), texts with refine_text_only,
         or with stream=True an iterator of (rows, samples) float32 arrays."""
@@ -405,7 +406,7 @@ class Chat:
         stripped = [w[np.abs(w) > np.float32(1e-5)] for w in wavs]
         return [np.concatenate(stripped)] if split_text else stripped
 
-    async def _refine(self, runtime: Any, texts: list[str], p: "Chat.RefineTextParams", rng: Any) -> list[str]:
+    async def _refine(self, runtime: Any, texts: list[str], p: Chat.RefineTextParams, rng: Any) -> list[str]:
         from fast_tts.engine.chattts_runtime import code_sampling
         from fast_tts.models.chattts.reference_rng import batch_noise
 
@@ -420,7 +421,7 @@ class Chat:
             for n in noise:
                 n.release()
 
-    def _requests(self, texts: list[str], p: "Chat.InferCodeParams", use_decoder: bool, rng: Any) -> list[Any]:
+    def _requests(self, texts: list[str], p: Chat.InferCodeParams, use_decoder: bool, rng: Any) -> list[Any]:
         """Code requests for one reference batch, each with its row's noise (`.sampling.noise`)."""
         from fast_tts.engine.chattts_runtime import CodeRequest, code_sampling
         from fast_tts.models.chattts.reference_rng import batch_noise
@@ -437,7 +438,7 @@ class Chat:
         ]
 
     async def _synthesize_groups(
-        self, runtime: Any, groups: list[list[str]], p: "Chat.InferCodeParams", use_decoder: bool, rng: Any
+        self, runtime: Any, groups: list[list[str]], p: Chat.InferCodeParams, use_decoder: bool, rng: Any
     ) -> list[np.ndarray]:
         """Wavs of every text, batch by batch. Each row is decoded as soon as it has finished generating (while
         longer rows still generate). Batches drawing from the global generator generate one after the other;
@@ -450,11 +451,11 @@ class Chat:
                 await stream.cancel()
                 request.sampling.noise.release()
 
-        async def decode(collected: "asyncio.Future[Any]") -> np.ndarray:
+        async def decode(collected: asyncio.Future[Any]) -> np.ndarray:
             frames = _frames(await collected, use_decoder, runtime)
             return await asyncio.wrap_future(runtime.decode_future(frames, use_decoder))
 
-        async def generate(texts: list[str]) -> list["asyncio.Future[np.ndarray]"]:
+        async def generate(texts: list[str]) -> list[asyncio.Future[np.ndarray]]:
             requests = self._requests(texts, p, use_decoder, rng)
             collected = [asyncio.ensure_future(finish(runtime.generate_codes(r), r)) for r in requests]
             decodes = [asyncio.ensure_future(decode(c)) for c in collected]
@@ -475,7 +476,7 @@ class Chat:
         return list(await asyncio.gather(*decodes))
 
     async def _stream_groups(
-        self, runtime: Any, groups: list[list[str]], p: "Chat.InferCodeParams", use_decoder: bool, joined: bool,
+        self, runtime: Any, groups: list[list[str]], p: Chat.InferCodeParams, use_decoder: bool, joined: bool,
         rng: Any,
     ) -> Any:
         """Chunks (rows, n): one row of all texts in order when `joined`, else one row per text advancing together.
@@ -559,7 +560,7 @@ async def _stream_rows(runtime: Any, batches: list[list[Any]], use_decoder: bool
             t.cancel()
 
 
-def _split_input(text: Union[str, list[str]], split_text: bool) -> list[str]:
+def _split_input(text: str | list[str], split_text: bool) -> list[str]:
     """The reference's splitting: a str on newlines if any, else after '。' and '. '; lists stay as given."""
     if isinstance(text, str):
         if not split_text:
@@ -572,7 +573,7 @@ def _split_input(text: Union[str, list[str]], split_text: bool) -> list[str]:
     return list(text)
 
 
-def _latest_snapshot(cache_dir: Any) -> Optional[str]:
+def _latest_snapshot(cache_dir: Any) -> str | None:
     """The newest local snapshot of the model, where the reference looks first: <cache_dir or $HF_HOME/hub>/
     models--2Noise--ChatTTS/snapshots/* (a folder linked there works offline)."""
     if cache_dir is None:

@@ -20,8 +20,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,8 @@ class SpeakerStore:
         blob = np.frombuffer(json.dumps(record, ensure_ascii=False).encode(), dtype=np.uint8)
         payload = _npz_bytes({**arrays, _META_KEY: blob})
         with self._locked(exclusive=True):
-            for stale in self.directory.glob(".tmp-*"):  # temp files are only made under this lock: leftovers of a crash
+            # temp files are only made under this lock: any here are leftovers of a crash
+            for stale in self.directory.glob(".tmp-*"):
                 stale.unlink(missing_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=self.directory)
             try:

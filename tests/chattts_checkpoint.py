@@ -49,7 +49,8 @@ KIND_SCALE_OFFSET = {
 N_MELS, N_FFT = 100, 1024
 
 
-def _conv_stack(prefix: str, idim: int, odim: int, hidden: int, n_layer: int, bn: int) -> Iterator[tuple[str, list[int]]]:
+def _conv_stack(prefix: str, idim: int, odim: int, hidden: int, n_layer: int,
+                bn: int) -> Iterator[tuple[str, list[int]]]:
     """Keys of one DVAE-style conv stack (conv_in, ConvNeXt blocks, conv_out)."""
     yield f"{prefix}conv_in.0.weight", [bn, idim, 3]
     yield f"{prefix}conv_in.0.bias", [bn]
@@ -203,7 +204,8 @@ def spk_stat_string(hidden: int, seed: int = 0) -> str:
     """The fixture's spk_stat rule: base16384 of float16(std ++ mean), std = 1 + 0.5|randn|, mean = 0.5 randn."""
     import pybase16384 as b14
 
-    std = 1 + 0.5 * torch.randn(hidden, generator=torch.Generator().manual_seed(seed + zlib.crc32(b"spk_stat.std"))).abs()
+    rng = torch.Generator().manual_seed(seed + zlib.crc32(b"spk_stat.std"))
+    std = 1 + 0.5 * torch.randn(hidden, generator=rng).abs()
     mean = 0.5 * torch.randn(hidden, generator=torch.Generator().manual_seed(seed + zlib.crc32(b"spk_stat.mean")))
     return b14.encode_to_string(torch.cat([std, mean]).half().numpy().tobytes())
 
@@ -231,7 +233,8 @@ def build_tokenizer(out_dir: Path, vocab_size: int) -> None:
     tok.add_special_tokens(SPECIAL_TOKENS)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
     (out_dir / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": SPECIAL_TOKENS}))
 
 

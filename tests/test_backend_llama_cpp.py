@@ -137,9 +137,8 @@ else:
             create_backend("llama-cpp", adapter)
 
     async def test_megatts3_engine_gives_the_torch_audio(tmp_path) -> None:
-        from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ
+        from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ, build_checkpoint
         from megatts3_fixtures import aligner_variant, cases
-        from megatts3_checkpoint import build_checkpoint
 
         root = build_checkpoint(tmp_path / "plain", seed=int(cases()["seed"]), aligner_seq=None)
         await check_megatts3_same_audio("llama-cpp", aligner_variant(root, DEFAULT_ALIGNER_SEQ), tmp_path)

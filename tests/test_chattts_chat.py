@@ -22,8 +22,8 @@ from mkl_path import under_compatible_mkl
 from safetensors.torch import load_file
 
 import fast_tts as ChatTTS
-from fast_tts.models.chattts.reference_rng import GlobalStream
 from fast_tts.errors import InvalidInputError, ModelLoadError
+from fast_tts.models.chattts.reference_rng import GlobalStream
 
 FIXTURES = Path(
     os.environ.get("FAST_TTS_CHATTTS_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared/fixtures/chattts")
@@ -269,7 +269,8 @@ def test_sha256_mismatch_names_the_file(checkpoint: Path, tmp_path: Path) -> Non
 def test_missing_asset_and_bad_shapes(checkpoint: Path, tmp_path: Path) -> None:
     import shutil
 
-    from safetensors.torch import load_file as read, save_file
+    from safetensors.torch import load_file as read
+    from safetensors.torch import save_file
 
     broken = tmp_path / "ckpt"
     shutil.copytree(checkpoint, broken)

@@ -139,7 +139,8 @@ def test_inconsistent_block_and_missing_tensor(ckpt_copy: Path) -> None:
     load_chattts(ckpt_copy)  # the unused token embedding some exports keep is accepted and dropped
     tensors["layers.1.mlp.up_proj.weight"] = torch.zeros(90, 48)
     save_file(tensors, str(path))
-    with pytest.raises(ModelLoadError, match=r"model\.safetensors.*layers\.1\.mlp\.up_proj\.weight.*\(90, 48\).*\(96, 48\)"):
+    named = r"model\.safetensors.*layers\.1\.mlp\.up_proj\.weight.*\(90, 48\).*\(96, 48\)"
+    with pytest.raises(ModelLoadError, match=named):
         load_chattts(ckpt_copy)
     del tensors["layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(path))
@@ -256,8 +257,9 @@ def test_tokenizer_larger_than_embedding_is_refused(ckpt_copy: Path) -> None:
     path = ckpt_copy / "asset/Embed.safetensors"
     tensors = load_file(str(path))
     tensors["emb_text.weight"] = tensors["emb_text.weight"][:100].clone()
-    tensors["head_text.parametrizations.weight.original0"] = tensors["head_text.parametrizations.weight.original0"][:100].clone()
-    tensors["head_text.parametrizations.weight.original1"] = tensors["head_text.parametrizations.weight.original1"][:100].clone()
+    for part in ("original0", "original1"):
+        key = f"head_text.parametrizations.weight.{part}"
+        tensors[key] = tensors[key][:100].clone()
     save_file(tensors, str(path))
     with pytest.raises(ModelLoadError, match="120 tokens but emb_text has 100 rows"):
         load_chattts(ckpt_copy)

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 from chattts_checkpoint import build_fixture_checkpoint
+from mkl_path import under_compatible_mkl
 from safetensors.torch import load_file
 
-from fast_tts.models.lm import LMAdapter
 from fast_tts.models.chattts.decode import decode_rows, rows_to_mel, wav_length
 from fast_tts.models.chattts.gpt import ChatTTSGPT, compact_left_padding, inject_speaker
 from fast_tts.models.chattts.loader import ChatTTSModels, load_chattts
@@ -29,7 +29,7 @@ from fast_tts.models.chattts.speaker import (
     sample_random_speaker,
 )
 from fast_tts.models.chattts.tokenizer import decorate_code_prompts, decorate_text_prompts
-from mkl_path import under_compatible_mkl
+from fast_tts.models.lm import LMAdapter
 
 FIXTURES = Path(
     os.environ.get("FAST_TTS_CHATTTS_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared/fixtures/chattts")
@@ -65,7 +65,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chattts_fixture_ckpt")
     hashes = build_fixture_checkpoint(root, FIXTURES)
     manifest = json.loads((FIXTURES / "weights_manifest.json").read_text())
-    wrong = [f"{e['component']}.{e['key']}" for e in manifest if hashes.get(f"{e['component']}.{e['key']}") != e["sha256"]]
+    names = [(f"{e['component']}.{e['key']}", e["sha256"]) for e in manifest]
+    wrong = [name for name, sha in names if hashes.get(name) != sha]
     assert not wrong, f"rebuilt tensors differ from the manifest: {wrong[:5]}"
     assert len(hashes) == len(manifest)
     return root

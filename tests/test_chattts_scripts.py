@@ -229,10 +229,10 @@ def test_reference_internals_say_what_to_use(chat: Any, checkpoint: Path) -> Non
         with pytest.raises(AttributeError, match="reference internal"):
             getattr(chat.gpt, name)
     with pytest.raises(AttributeError, match="tokenizers"):
-        chat.tokenizer._tokenizer
+        _ = chat.tokenizer._tokenizer
     fresh = ChatTTS.Chat()
     with pytest.raises(AttributeError, match=r"call chat.load\(\) first"):
-        fresh.tokenizer
+        _ = fresh.tokenizer
     assert not fresh.has_loaded()
 
 

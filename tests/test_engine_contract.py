@@ -41,11 +41,11 @@ def test_megatts3_methods_show_reference_004() -> None:
 
 
 def test_every_engine_spells_out_its_parameters() -> None:
+    import dataclasses
+
     from fast_tts.engine.chattts import AsyncChatTTSEngine, ChatTTSParams
     from fast_tts.engine.megatts3 import AsyncMega3Engine, Mega3Params
     from fast_tts.engine.piper import AsyncPiperEngine
-
-    import dataclasses
 
     for engine, kind, methods in (
         (AsyncPiperEngine, SpeechParams, ("speak_async", "speak_stream_async")),

@@ -154,7 +154,8 @@ def test_every_pod_has_the_proxy_middleware_and_the_shared_speakers() -> None:
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         (volume,) = [name for name, path in mounts.items() if path == speakers_dir]
-        assert volumes[volume]["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+        claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
+        assert volumes[volume]["persistentVolumeClaim"]["claimName"] == claim
 
 
 def _kubectl_cluster_with_kuberay() -> bool:

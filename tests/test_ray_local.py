@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 if os.environ.get("CI", "").lower() != "true":  # the `ray` extra is part of `test`: CI must run it
     pytest.importorskip("ray.serve")
 
-from fast_tts.server.launch import ServerProcess  # noqa: E402
+from fast_tts.server.launch import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -265,7 +266,7 @@ def test_replica_killed_mid_stream(two: ServerProcess) -> None:
             survivor = next(r for r in before if r != victim)
             pieces = cut.iter_bytes(4096)
             received = len(next(pieces))
-            for wave in range(4):  # until the victim holds requests besides this stream (Serve spreads them)
+            for _wave in range(4):  # until the victim holds requests besides this stream (Serve spreads them)
                 queued += [pool.submit(whole, i) for i in range(4)]
                 time.sleep(1.0)
                 if ongoing(victim, before) >= 3:

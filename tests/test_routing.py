@@ -5,6 +5,8 @@ No model is loaded here; the engines that use this are tested in tests/test_zh_e
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,7 +62,7 @@ def test_japanese_sentences_are_kana_throughout_and_tags_are_neutral() -> None:
 def test_runs_are_lossless_and_alternate(text: str) -> None:
     pieces = split_scripts(text)
     assert "".join(p.text for p in pieces) == text
-    assert all(a.script != b.script for a, b in zip(pieces, pieces[1:]))
+    assert all(a.script != b.script for a, b in itertools.pairwise(pieces))
     assert all(p.text for p in pieces)
 
 
@@ -93,7 +95,8 @@ def test_check_readable_names_the_voice_the_text_and_a_remedy() -> None:
         check_readable("Hi. 你好，我们今天去公园散步，顺便买点水果。", "joe", ["en"])
     assert err.value.field == "input"
     message = str(err.value)
-    assert message.startswith("voice 'joe' speaks English and cannot read the Chinese text '你好，我们今天去公园散步，顺便买点水果。'")
+    assert message.startswith(
+        "voice 'joe' speaks English and cannot read the Chinese text '你好，我们今天去公园散步，顺便买点水果。'")
     assert "fast-tts[zh]" in message or "voice 'auto'" in message
     with pytest.raises(InvalidInputError, match="cannot read the Cyrillic text 'Привет'"):
         check_readable("Привет", "joe", ["en"])

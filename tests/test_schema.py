@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 if os.environ.get("CI", "").lower() != "true":  # part of the `test` extra: CI must run it
     pytest.importorskip("schemathesis")
 
-from fast_tts.server.launch import ServerProcess  # noqa: E402
+from fast_tts.server.launch import ServerProcess
 
 pytestmark = pytest.mark.slow
 

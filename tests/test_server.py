@@ -39,7 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> "openai.OpenAI":
+def client(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
@@ -60,7 +60,7 @@ def metric(server: ServerProcess, name: str) -> float:
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
-def test_openai_client_every_format(client: "openai.OpenAI", fmt: str) -> None:
+def test_openai_client_every_format(client: openai.OpenAI, fmt: str) -> None:
     response = client.audio.speech.create(model="tts-1", voice="alloy", input=SENTENCE, response_format=fmt)
     if fmt == "pcm":  # OpenAI's pcm is 24 kHz, whatever rate the model has
         assert response.response.headers["x-sample-rate"] == "24000"
@@ -68,7 +68,7 @@ def test_openai_client_every_format(client: "openai.OpenAI", fmt: str) -> None:
     assert 1.5 < seconds < 12, f"{fmt}: {seconds:.2f} s of audio for one sentence"
 
 
-def test_openai_streaming_first_bytes_before_synthesis_done(client: "openai.OpenAI") -> None:
+def test_openai_streaming_first_bytes_before_synthesis_done(client: openai.OpenAI) -> None:
     started = time.perf_counter()
     first_at = None
     body = bytearray()
@@ -121,7 +121,7 @@ def test_native_speak_whole_file(server: ServerProcess) -> None:
     assert fast < normal * 0.85  # speed reached the engine
 
 
-def test_sixteen_concurrent_requests(client: "openai.OpenAI") -> None:
+def test_sixteen_concurrent_requests(client: openai.OpenAI) -> None:
     def one(i: int) -> float:
         response = client.audio.speech.create(model="tts-1", voice="alloy", input=f"Request number {i} is here.",
                                               response_format="wav")
@@ -208,7 +208,7 @@ def test_bad_input_is_4xx_json_naming_the_field(
         assert error["param"] == param, error
 
 
-def test_openai_client_raises_typed_errors(client: "openai.OpenAI") -> None:
+def test_openai_client_raises_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.audio.speech.create(model="tts-1", voice="nobody", input="hi")
     assert info.value.body["param"] == "voice"

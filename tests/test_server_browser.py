@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 

@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fast_tts.server.launch import ServerProcess  # noqa: E402
-from fast_tts.speakers import SpeakerStore  # noqa: E402
+from fast_tts.server.launch import ServerProcess
+from fast_tts.speakers import SpeakerStore
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fast_tts.audio import read_audio  # noqa: E402
-from fast_tts.server.launch import ServerProcess  # noqa: E402
-from tests.zh_voice import require_zh  # noqa: E402
+from fast_tts.audio import read_audio
+from fast_tts.server.launch import ServerProcess
+from tests.zh_voice import require_zh
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,8 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 import ChatTTS
+import torch
 from ChatTTS.config import config as ref_config
 
 
@@ -34,7 +33,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def configure(chat: "ChatTTS.Chat", root: Path, dims: dict, spk_stat: str) -> None:
+def configure(chat: ChatTTS.Chat, root: Path, dims: dict, spk_stat: str) -> None:
     """Point the reference at our checkpoint: sizes from `dims`, our spk_stat, our files' hashes."""
     g, e, d, v = dims["gpt"], dims["embed"], dims["decoder"], dims["dvae"]
     chat.config.gpt = ref_config.GPT(**g)
@@ -74,7 +73,7 @@ def configure(chat: "ChatTTS.Chat", root: Path, dims: dict, spk_stat: str) -> No
     chat.sha256_map = {key: sha256_of(root / rel) for key, rel in files.items()}
 
 
-def timed_codes(chat: "ChatTTS.Chat", texts: list[str], tokens: int, seed: int) -> float:
+def timed_codes(chat: ChatTTS.Chat, texts: list[str], tokens: int, seed: int) -> float:
     """Seconds for the reference GPT to generate exactly `tokens` code frames for every text (with hiddens)."""
     params = chat.InferCodeParams(
         min_new_token=tokens, max_new_token=tokens, manual_seed=seed, show_tqdm=False, spk_emb=None
@@ -86,7 +85,7 @@ def timed_codes(chat: "ChatTTS.Chat", texts: list[str], tokens: int, seed: int) 
     return elapsed
 
 
-def timed_infer(chat: "ChatTTS.Chat", texts: list[str], tokens: int, repeat: int) -> dict:
+def timed_infer(chat: ChatTTS.Chat, texts: list[str], tokens: int, repeat: int) -> dict:
     """Best wall (and its CPU) seconds of `infer` on the texts as one list: `tokens` frames each, decode included."""
     params = chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
     best: dict = {}
@@ -101,7 +100,7 @@ def timed_infer(chat: "ChatTTS.Chat", texts: list[str], tokens: int, repeat: int
     return best
 
 
-def serving(chat: "ChatTTS.Chat", texts: list[str], tokens: int) -> dict:
+def serving(chat: ChatTTS.Chat, texts: list[str], tokens: int) -> dict:
     """All texts as one `infer` list (generation + decode), and the first chunk of a streamed single text."""
     params = chat.InferCodeParams(min_new_token=tokens, max_new_token=tokens, manual_seed=5, show_tqdm=False)
     start = time.perf_counter()

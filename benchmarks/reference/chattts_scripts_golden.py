@@ -21,12 +21,11 @@ import logging
 import sys
 from pathlib import Path
 
+import ChatTTS
 import torch
 
-import ChatTTS
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chattts_reference import configure  # noqa: E402
+from chattts_reference import configure
 
 SEED_AFTER_LOAD = 1234
 # Eight spaced texts with a [uv_break], as tests/#511.py sends them (split_text=False, top_K=1).
@@ -45,7 +44,7 @@ TAGGED = ["What is [uv_break]your favorite english food?[laugh][lbreak]"]
 RUN_TEXTS = ["你好，今天天气很好。", "hello world, this is a test."]
 
 
-def load(ckpt: Path, fixtures: Path) -> "ChatTTS.Chat":
+def load(ckpt: Path, fixtures: Path) -> ChatTTS.Chat:
     cfg = json.loads((fixtures / "config.json").read_text())
     chat = ChatTTS.Chat(logging.getLogger("reference"))
     configure(chat, ckpt, cfg["dims"], cfg["spk_stat"])
@@ -54,7 +53,7 @@ def load(ckpt: Path, fixtures: Path) -> "ChatTTS.Chat":
     return chat
 
 
-def capture_codes(chat: "ChatTTS.Chat") -> list:
+def capture_codes(chat: ChatTTS.Chat) -> list:
     """Record the ids of every batch `_infer_code` generates (a list of per-row (T, 4) lists per batch)."""
     batches: list = []
     original = chat._infer_code

@@ -5,8 +5,8 @@ weights, the oracle for `WaveVAEEncoder` (the shared fixtures cover only the dec
 
 `--megatts3` is a checkout of github.com/bytedance/MegaTTS3 (its `tts/modules/wavvae/` is imported from there; it
 needs `einops`). Weights follow the shared fixture rule (tests/megatts3_checkpoint.py `rule_tensor`) over
-the `model_gen` keys `encoder.*` and `proj_to_z.*`, seed `SEED`; inputs follow `encoder_input` below. Nothing here is imported
-by fast_tts.
+the `model_gen` keys `encoder.*` and `proj_to_z.*`, seed `SEED`; inputs follow `encoder_input` below. Nothing here is
+imported by fast_tts.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from megatts3_checkpoint import encoder_input, rule_tensor  # noqa: E402
+from megatts3_checkpoint import encoder_input, rule_tensor
 
 SEED = 0
 LENGTHS = (31200, 700)  # 1.3 s (not a whole number of 960-sample frames) and a clip shorter than the deep paddings
@@ -28,7 +28,8 @@ LENGTHS = (31200, 700)  # 1.3 s (not a whole number of 960-sample frames) and a 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megatts3", required=True, help="checkout of bytedance/MegaTTS3")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "tests/data/megatts3_wavvae_encoder.safetensors"))
+    golden = Path(__file__).resolve().parents[2] / "tests/data/megatts3_wavvae_encoder.safetensors"
+    parser.add_argument("--out", default=str(golden))
     args = parser.parse_args()
     sys.path.insert(0, args.megatts3)
     from tts.modules.wavvae.decoder.diag_gaussian import DiagonalGaussianDistribution

@@ -54,7 +54,7 @@ def _check(sample_rate: int, fade_s: float, window: str) -> int:
         raise InvalidInputError(f"fade_s must be >= 0, got {fade_s!r}", field="fade_s")
     if sample_rate <= 0:
         raise InvalidInputError(f"sample_rate must be positive, got {sample_rate!r}", field="sample_rate")
-    return int(round(fade_s * sample_rate))
+    return round(fade_s * sample_rate)
 
 
 class Crossfader:

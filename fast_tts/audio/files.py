@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -33,7 +33,7 @@ def write_audio(
     return target
 
 
-Source = Union[str, Path, bytes, BinaryIO]
+Source = str | Path | bytes | BinaryIO
 _MAX_RATE = 768_000  # no real recording is sampled faster; a header that says so would defeat the duration cap
 
 

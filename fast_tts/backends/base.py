@@ -8,6 +8,7 @@ caller can cancel. The worker side pushes records with `GenerationStream.push_th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -74,10 +75,8 @@ class GenerationStream:
         self, items: list[StepOutput], finish: str | None = None, error: BaseException | None = None
     ) -> None:
         """`deliver` from the worker thread without blocking it (a no-op once the stream's loop is closed)."""
-        try:
+        with contextlib.suppress(RuntimeError):  # the event loop is closed; nobody is reading
             self._loop.call_soon_threadsafe(self.deliver, items, finish, error)
-        except RuntimeError:  # the event loop is closed; nobody is reading
-            pass
 
     # -- caller side -------------------------------------------------------------------------------------------
     @property

@@ -12,9 +12,9 @@ llama.cpp's own `llama_model_quantize`.
 - Llama's rotary embedding in llama.cpp rotates adjacent pairs, Hugging Face's rotates the two halves of each head:
   Llama q/k rows are reordered per head so both compute the same thing. Qwen2 uses the halves form in both.
 
-Files are cached next to the checkpoint (`<folder>/fast-tts-<arch>[-body]-<type>.gguf`) or, when that folder is read-only,
-under the cache dir; a JSON sidecar records the source files' sizes and modification times, and a mismatch (the
-checkpoint changed) rebuilds the file. Builders of the same file wait on a lock file, so one converts.
+Files are cached next to the checkpoint (`<folder>/fast-tts-<arch>[-body]-<type>.gguf`) or, when that folder is
+read-only, under the cache dir; a JSON sidecar records the source files' sizes and modification times, and a
+mismatch (the checkpoint changed) rebuilds the file. Builders of the same file wait on a lock file, so one converts.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def _tensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
 
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 name = key[len("model."):] if key.startswith("model.") else key
                 yield name, handle.get_tensor(key).float().numpy()
 

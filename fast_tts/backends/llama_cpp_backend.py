@@ -12,8 +12,9 @@ Two modes, from the adapter's `LMSource`:
   llama.cpp applies the repetition penalty once per distinct token in the window (Hugging Face's rule), where the
   torch backend compounds it per occurrence.
 - own heads (ChatTTS's GPT): the GGUF is the decoder with a one-row placeholder head (see gguf_convert); prompts
-  and generated tokens go in as embeddings made by the adapter, llama.cpp returns final-norm hidden states, and the adapter's heads and
-  fast-tts's sampler (`BatchSampler`) pick the tokens, with every SamplingParams field as on the torch backend.
+  and generated tokens go in as embeddings made by the adapter, llama.cpp returns final-norm hidden states, and the
+  adapter's heads and fast-tts's sampler (`BatchSampler`) pick the tokens, with every SamplingParams field as on the
+  torch backend.
 
 The GGUF comes from `gguf_convert.gguf_path` (f16 by default, f32 or q8_0 on request).
 """
@@ -226,7 +227,7 @@ class LlamaCppBackend(WorkerBackend):
         code = lib.llama_decode(self._ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode failed with code {code} on a batch of {n} positions")
-        for req, start, end in pieces:
+        for req, _start, end in pieces:
             req.prefilled = end
         del inputs
         if self.stock_head:
@@ -291,7 +292,7 @@ class LlamaCppBackend(WorkerBackend):
                 self.sampler.set_row(len(self._rows), req.params)
                 self._rows.append(req)
         rows = slice(0, len(entries))
-        tokens, stopped = self.sampler.sample(self.adapter.logits(hidden), rows)
+        tokens, _stopped = self.sampler.sample(self.adapter.logits(hidden), rows)
         nxt = self.adapter.embed(tokens[:, None]).float()[:, 0]  # (B, H): next step's inputs
         for j in range(len(entries) - 1, -1, -1):  # descending rows: a row moved into a hole has been emitted
             req = entries[j][0]

@@ -106,7 +106,8 @@ class TorchBackend:
         return stream
 
     def set_num_threads(self, n: int) -> None:
-        """Intra-op threads of the worker from its next iteration (torch.set_num_threads elsewhere does not reach it)."""
+        """Intra-op threads of the worker from its next iteration (torch.set_num_threads elsewhere does not reach
+        it)."""
         if n < 1:
             raise InvalidInputError("num_threads must be >= 1", "num_threads")
         self._threads = n

@@ -96,6 +96,7 @@ def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ModelLoadError(f"{model_path} looks like a {family} model, but this install has no {family} engine") from exc
+            raise ModelLoadError(
+                f"{model_path} looks like a {family} model, but this install has no {family} engine") from exc
         raise
     return getattr(module, class_name)(model_path, **kw)

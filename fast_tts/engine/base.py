@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import itertools
@@ -360,7 +361,8 @@ class AsyncEngine(ABC):
         """The one streaming path (blocking generator, stepped on the workers one piece at a time): segments from
         `_prepare` (inside the first step, so a new request's first piece is one job), each segment's LM generation
         started `lm_ahead` segments early, its chunks joined at the seams, int16 out, progress."""
-        prepared = [p if isinstance(p, SegmentText) else SegmentText(p) for p in self._prepare(text, voice, params, ctx)]
+        prepared = [p if isinstance(p, SegmentText) else SegmentText(p)
+                    for p in self._prepare(text, voice, params, ctx)]
         prepared = [p for p in prepared if p.text.strip()]
         if not prepared:
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
@@ -440,10 +442,8 @@ class AsyncEngine(ABC):
         def close(done: Future[Any] | None = None) -> None:
             if done is not None and not done.cancelled():
                 done.exception()  # a look-ahead step that failed after the consumer left: seen, not raised
-            try:
+            with contextlib.suppress(RuntimeError):  # shut down: the generator goes with the engine
                 self._pool.submit(-1, steps.close)  # type: ignore[attr-defined]
-            except RuntimeError:  # shut down: the generator goes with the engine
-                pass
 
         if step is None:
             close()

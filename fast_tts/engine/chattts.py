@@ -235,7 +235,8 @@ class AsyncChatTTSEngine(AsyncEngine):
                                 repetition_penalty: float = 1.05, max_tokens: int = 2048, min_tokens: int = 0,
                                 use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                 seed: int | None = None, deterministic: bool | None = None,
-                                length_threshold: int | None = None, window_size: int | None = None, normalize: bool = True,
+                                length_threshold: int | None = None, window_size: int | None = None,
+                                normalize: bool = True,
                                 **unknown: Any) -> np.ndarray:
         """Speak `text` in the voice of `reference_audio` (a 24 kHz-resampled recording of 0.5 to 30 s, path or
         bytes; its DVAE codes prompt the GPT), with `reference_text` its transcript; parameters as speak_async."""
@@ -246,7 +247,8 @@ class AsyncChatTTSEngine(AsyncEngine):
                                  repetition_penalty: float = 1.05, max_tokens: int = 2048, min_tokens: int = 0,
                                  use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                  seed: int | None = None, deterministic: bool | None = None,
-                                 length_threshold: int | None = None, window_size: int | None = None, normalize: bool = True,
+                                 length_threshold: int | None = None, window_size: int | None = None,
+                                normalize: bool = True,
                                  **unknown: Any) -> AsyncIterator[np.ndarray]:
         """clone_voice_async's audio as int16 chunks as they are made."""
         return self._clone_stream(text, reference_audio, reference_text, given(locals()))

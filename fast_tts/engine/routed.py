@@ -13,8 +13,8 @@ read is an InvalidInputError (field "input") that names the voices, or the extra
 
 from __future__ import annotations
 
-import threading
 import dataclasses
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -36,7 +38,7 @@ class Replica:
     """How one replica of a scaled-out server (fast_tts.server.ray_serve) differs from a lone server."""
 
     name: str  # its `replica` label on metrics and its X-Fast-TTS-Replica response header
-    running: Callable[[ServerState], AsyncContextManager[None]]  # held while it serves (publishes its metrics)
+    running: Callable[[ServerState], AbstractAsyncContextManager[None]]  # held while it serves (publishes its metrics)
     metrics: Callable[[ServerState], Awaitable[bytes]]  # what /metrics answers: every replica's, plus the platform's
 
 

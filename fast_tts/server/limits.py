@@ -113,7 +113,7 @@ class BodyLimitMiddleware:
 class _Slot:
     """One held place in the gate; released exactly once."""
 
-    def __init__(self, gate: "AdmissionGate") -> None:
+    def __init__(self, gate: AdmissionGate) -> None:
         self._gate = gate
         self._since = time.monotonic()
         self._released = False

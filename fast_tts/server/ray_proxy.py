@@ -91,7 +91,7 @@ class ReplicaFaultMiddleware:
             outcome = _Outcome(send, attempt)
             try:
                 await self.app(dict(scope), replaying(), outcome.send)
-            except Exception as exc:  # noqa: BLE001 - the proxy answers its own errors; anything else is a fault too
+            except Exception as exc:
                 log.warning("proxy error on %s %s: %r", scope.get("method"), scope.get("path"), exc)
             if outcome.started or disconnected or not retryable or attempt + 1 == self.attempts:
                 break

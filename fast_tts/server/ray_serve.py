@@ -25,7 +25,8 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import ray
@@ -113,7 +114,7 @@ def _replica(name: str, app_name: str) -> Replica:
             while True:
                 try:
                     await board.put.remote(name, state.metrics.render())
-                except Exception as exc:  # noqa: BLE001 - a lost board is re-created by get_if_exists next round
+                except Exception as exc:
                     log.warning("could not publish metrics: %s", exc)
                 await asyncio.sleep(PUBLISH_EVERY_S)
 
@@ -130,12 +131,12 @@ def _replica(name: str, app_name: str) -> Replica:
         try:
             await board.put.remote(name, own)
             texts = await board.texts.remote()
-        except Exception as exc:  # noqa: BLE001 - without the board, this replica still reports itself
+        except Exception as exc:
             log.warning("metrics board unavailable: %s", exc)
             texts = [own]
         try:
             texts += await _serve_metrics()
-        except Exception as exc:  # noqa: BLE001 - Serve's metrics are extra; ours must still be answered
+        except Exception as exc:
             log.warning("could not read Serve's metrics: %s", exc)
         return merge_exposition(texts)
 
@@ -263,7 +264,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
     else:
         try:
             ray.init(address=args.ray_address, log_to_driver=args.log_level == "debug")
-        except Exception as exc:  # noqa: BLE001 - one line for the operator, not Ray's traceback
+        except Exception as exc:
             log.error("cannot join the Ray cluster at %s: %s%s", args.ray_address, exc.__class__.__name__,
                       " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token in "
                       "RAY_AUTH_TOKEN or ~/.ray/auth_token)" if "auth" in str(exc).lower() else f": {exc}")

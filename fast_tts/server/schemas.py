@@ -7,7 +7,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 AudioFormat = Literal["wav", "mp3", "opus", "aac", "flac", "pcm"]
-ParamValue = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+ParamValue = Union[StrictBool, StrictInt, StrictFloat, StrictStr]  # noqa: UP007 - pydantic strict types
 
 
 class VoiceRef(BaseModel):
@@ -23,7 +23,7 @@ class SpeechRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256, examples=["tts-1"])
     input: str = Field(examples=["Hello, world."])
-    voice: Union[str, VoiceRef] = Field(examples=["alloy"])
+    voice: str | VoiceRef = Field(examples=["alloy"])
     instructions: str | None = Field(default=None, max_length=8192)
     response_format: AudioFormat = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)

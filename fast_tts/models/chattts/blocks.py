@@ -24,7 +24,8 @@ def length_mask(lengths: torch.Tensor, max_len: int, dtype: torch.dtype) -> torc
 class ConvNeXtBlock(nn.Module):
     """Depthwise conv -> LayerNorm -> MLP (GELU) -> layer scale -> residual; `scale_name` is the checkpoint name."""
 
-    def __init__(self, dim: int, intermediate: int, kernel: int = 7, dilation: int = 1, scale_name: str = "gamma") -> None:
+    def __init__(self, dim: int, intermediate: int, kernel: int = 7, dilation: int = 1,
+                 scale_name: str = "gamma") -> None:
         super().__init__()
         self.dwconv = nn.Conv1d(dim, dim, kernel, padding=dilation * (kernel // 2), dilation=dilation, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -42,7 +43,8 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvStack(nn.Module):
-    """ChatTTS's conv decoder (used as DVAE encoder, DVAE decoder and GPT-hidden decoder): (B, idim, T) -> (B, odim, T)."""
+    """ChatTTS's conv decoder (used as DVAE encoder, DVAE decoder and GPT-hidden decoder): (B, idim, T) ->
+    (B, odim, T)."""
 
     def __init__(self, idim: int, odim: int, hidden: int, n_layer: int, bn_dim: int) -> None:
         super().__init__()

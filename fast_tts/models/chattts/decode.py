@@ -51,7 +51,8 @@ def packed_mel(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: boo
 
 
 @torch.inference_mode()
-def rows_to_mel(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def rows_to_mel(models: ChatTTSModels, rows: list[torch.Tensor],
+                use_decoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mel (B, 100, 2 T_max), zero past each row's end, and frame counts (B,) (rows must be non-empty)."""
     mel, _, spans = packed_mel(models, rows, use_decoder)
     out = mel.new_zeros(len(rows), mel.shape[1], max(n for _, n in spans))

@@ -85,7 +85,8 @@ class DVAE(nn.Module):
             raise InvalidInputError(f"wav must be 1-D (samples) or 2-D (batch, samples), got shape {tuple(wav.shape)}",
                                     field="wav")
         if wav.shape[-1] <= MIN_SAMPLES:
-            raise InvalidInputError(f"wav too short: {wav.shape[-1]} samples, need more than {MIN_SAMPLES}", field="wav")
+            raise InvalidInputError(f"wav too short: {wav.shape[-1]} samples, need more than {MIN_SAMPLES}",
+                                    field="wav")
         mel = self.log_mel(wav if wav.dim() == 2 else wav[None])
         x = self.downsample_conv(mel / self.coef)
         return self.encoder(x)

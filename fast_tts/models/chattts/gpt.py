@@ -77,7 +77,8 @@ def inject_speaker(emb: torch.Tensor, ids: torch.Tensor, spk_vector: torch.Tenso
     return torch.where(hit, spk_vector.to(emb.dtype), emb)
 
 
-def compact_left_padding(emb: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compact_left_padding(emb: torch.Tensor,
+                         attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded (B, L, H) -> tokens moved to the front of each row, positions 0..L-1 and per-row lengths.
 
     The cache then holds each row's prompt at positions 0..n-1, as if the row ran alone; the padding slots sit at

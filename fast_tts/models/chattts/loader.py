@@ -25,12 +25,12 @@ from torch import nn
 from fast_tts.errors import ModelLoadError
 from fast_tts.models.chattts.config import ChatTTSConfig, config_from_shapes
 from fast_tts.models.chattts.dvae import DVAE, MelDecoder
-from fast_tts.models.lm import LMSource
 from fast_tts.models.chattts.gpt import WN_G, WN_V, ChatTTSEmbed, ChatTTSGPT, CodeLM, TextLM
 from fast_tts.models.chattts.quantizer import ScaleBase
 from fast_tts.models.chattts.speaker import parse_spk_stat
 from fast_tts.models.chattts.tokenizer import ChatTTSTokenizer
 from fast_tts.models.chattts.vocos import Vocos
+from fast_tts.models.lm import LMSource
 from fast_tts.models.transformer import Transformer
 
 COMPONENT_FILES = {
@@ -67,7 +67,7 @@ class CheckpointPaths:
     tokenizer_dir: Path
 
     @classmethod
-    def under(cls, root: str | Path) -> "CheckpointPaths":
+    def under(cls, root: str | Path) -> CheckpointPaths:
         """The official layout under `root`."""
         root = Path(root)
         return cls(
@@ -148,7 +148,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _checkpoint_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """The tensor names and shapes a module expects in its checkpoint (before weight-norm folding and fusion)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    heads = {n for n, m in module.named_modules() if n.startswith(("head_code", "head_text")) and isinstance(m, nn.Linear)}
+    heads = {n for n, m in module.named_modules()
+             if n.startswith(("head_code", "head_text")) and isinstance(m, nn.Linear)}
     for key, t in module.state_dict().items():
         base, _, leaf = key.rpartition(".")
         if base in heads and leaf == "weight":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import pybase16384 as b14
@@ -146,7 +146,7 @@ class Config:
     gpt: GPT = field(default_factory=GPT)
     embed: Embed = field(default_factory=Embed)
     vocos: Vocos = field(default_factory=Vocos)
-    spk_stat: Optional[str] = None  # std ++ mean, base16384 of float16; None: asset/spk_stat.json or .pt
+    spk_stat: str | None = None  # std ++ mean, base16384 of float16; None: asset/spk_stat.json or .pt
     dtype: str = "float32"  # "bfloat16" runs generation (and, where the CPU has bf16 kernels, decoding) in bf16
     backend: str = "torch"
     max_batch: int = 8
@@ -213,7 +213,7 @@ class Tokenizer:
         self.eos_token = tok.eos_id
 
     def encode(
-        self, text: Sequence[str], num_vq: int, prompt: Optional[torch.Tensor] = None, device: Any = "cpu"
+        self, text: Sequence[str], num_vq: int, prompt: torch.Tensor | None = None, device: Any = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """input_ids (B, L, num_vq) int64, attention_mask (B, L) int64, text_mask (B, L) bool, left-padded with 0;
         `prompt` (num_vq, Tp) audio codes fill the last Tp positions of every row."""
@@ -226,9 +226,9 @@ class Tokenizer:
 
     def decode(
         self,
-        sequences: Union[Sequence[int], Sequence[Sequence[int]], torch.Tensor],
+        sequences: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
         skip_special_tokens: bool = False,
-        clean_up_tokenization_spaces: Optional[bool] = None,
+        clean_up_tokenization_spaces: bool | None = None,
     ) -> list[str]:
         """One string per sequence (1-D tensors or int lists): special tokens kept unless asked, BERT clean-up on."""
         rows = list(sequences)
@@ -257,7 +257,7 @@ class Tokenizer:
 class Speaker:
     """`chat.speaker`: speaker and audio-prompt strings, prompt decoration and speaker injection."""
 
-    def __init__(self, dim: int, std: Optional[torch.Tensor], mean: Optional[torch.Tensor]) -> None:
+    def __init__(self, dim: int, std: torch.Tensor | None, mean: torch.Tensor | None) -> None:
         self.dim = dim
         self.std, self.mean = std, mean
 
@@ -274,7 +274,7 @@ class Speaker:
     def apply(
         self,
         emb: torch.Tensor,
-        spk_emb: Union[str, torch.Tensor],
+        spk_emb: str | torch.Tensor,
         input_ids: torch.Tensor,
         spk_emb_ids: int,
         device: Any = None,
@@ -290,7 +290,7 @@ class Speaker:
 
     @staticmethod
     def decorate_code_prompts(
-        text: Sequence[str], prompt: str, txt_smp: Optional[str], spk_emb: Optional[str]
+        text: Sequence[str], prompt: str, txt_smp: str | None, spk_emb: str | None
     ) -> list[str]:
         """`[Stts][spk_emb]{txt_smp}{prompt}{text}[Ptts]` per text (`[empty_spk]` without a speaker)."""
         return decorate_code_prompts(list(text), prompt, txt_smp, spk_emb)

@@ -47,7 +47,7 @@ class BatchDraws:
         self._pending: list[dict[int, torch.Tensor] | None] = [{} for _ in range(rows)]
         self._lock = threading.Lock()
 
-    def row(self, position: int) -> "_RowDraws":
+    def row(self, position: int) -> _RowDraws:
         """The noise source of row `position`."""
         return _RowDraws(self, position)
 

@@ -70,7 +70,8 @@ def load_bundled() -> KokoroFiles:
         with np.load(data / "voices_ja.npz") as npz:
             voices = {name: np.ascontiguousarray(npz[name], dtype=np.float32) for name in npz.files}
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot read the Kokoro files in {data.parent}: {exc}; reinstall with {ZH_EXTRA}") from exc
+        raise ModelLoadError(
+            f"cannot read the Kokoro files in {data.parent}: {exc}; reinstall with {ZH_EXTRA}") from exc
     digest = hashlib.sha256(model).hexdigest()
     if digest != MODEL_SHA256:
         raise ModelLoadError(

@@ -7,6 +7,7 @@ fits its closing punctuation; the model's own padding silence is trimmed away.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class KokoroResult:
 def clauses(text: str) -> list[str]:
     """Clauses of `text`, each with its closing punctuation; nothing is dropped but surrounding spaces."""
     cuts = [0, *(m.end() for m in _CLAUSE_END.finditer(text)), len(text)]
-    return [p for s, e in zip(cuts, cuts[1:]) if (p := text[s:e].strip())]
+    return [p for s, e in itertools.pairwise(cuts) if (p := text[s:e].strip())]
 
 
 def _pause(graphemes: str) -> float:

@@ -73,7 +73,8 @@ def sway_schedule(steps: int) -> torch.Tensor:
     return u - (torch.cos(torch.pi / 2 * u) - 1 + u)
 
 
-def interleaved_rope(n: int, dim: int = DIM // HEADS, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def interleaved_rope(n: int, dim: int = DIM // HEADS,
+                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin (n, dim/2) of positions 0..n-1 for pairwise (complex) rotary, theta 1e4."""
     freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=device)[: dim // 2].float() / dim))
     ang = torch.outer(torch.arange(n, device=device).float(), freqs)

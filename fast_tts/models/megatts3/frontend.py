@@ -1,4 +1,5 @@
-"""MegaTTS3 reference front end: prompt padding, loudness, 24 -> 16 kHz, and the Whisper-style log-mel (own filterbank)."""
+"""MegaTTS3 reference front end: prompt padding, loudness, 24 -> 16 kHz, and the Whisper-style log-mel (own
+filterbank)."""
 
 from __future__ import annotations
 

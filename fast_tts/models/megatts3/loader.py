@@ -105,7 +105,8 @@ def read_state(path: Path, wrapper: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def fill(module: nn.Module, state: dict[str, torch.Tensor], source: Path, ignore_prefixes: tuple[str, ...] = ()) -> None:
+def fill(module: nn.Module, state: dict[str, torch.Tensor], source: Path,
+         ignore_prefixes: tuple[str, ...] = ()) -> None:
     """Copy tensors into `module`; missing or mis-shaped tensors raise ModelLoadError naming them."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]

@@ -16,7 +16,8 @@ SHORT_PAUSE = (163, 165)  # ， ；: at least 32 frames
 
 
 def split_merged(merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode merged ids into (phone, tone); ids outside 200..788 pass through with tone 3 (floor division as upstream)."""
+    """Decode merged ids into (phone, tone); ids outside 200..788 pass through with tone 3 (floor division as
+    upstream)."""
     merged = torch.as_tensor(merged, dtype=torch.long)
     is_zh = (merged >= MERGED_FIRST) & (merged <= MERGED_LAST)
     rel = merged - MERGED_FIRST - 1
