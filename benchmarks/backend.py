@@ -126,7 +126,7 @@ class HFBaseline:
         x = self.lm.embed(torch.randint(0, VOCAB, (1, prompt, CODEBOOKS)))
         with torch.no_grad():
             ref = self.model(inputs_embeds=x).last_hidden_state
-            got = ours(x, torch.arange(prompt)[None], use_cache=False)
+            got = ours(x, torch.arange(prompt)[None])
         return (ref - got).abs().max().item()
 
     def ms_per_step(self, batch: int, steps: int, prompt: int) -> tuple[float, float]:

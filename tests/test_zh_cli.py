@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import soundfile
-
-from tests.test_cli import run_cli
-from tests.zh_voice import require_zh, run_without_zh
+from test_cli import run_cli
+from zh_voice import require_zh, run_without_zh
 
 CHINESE = "你好，今天是2024年3月5日。"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from zh_voice import require_zh, run_without_zh
 
 from fast_tts.errors import InvalidInputError, UnknownVoiceError, UnsupportedOperationError
-from tests.zh_voice import require_zh, run_without_zh
 
 MIXED = "我昨天用iPhone打了3个电话。Then I went home at 5 pm."
 

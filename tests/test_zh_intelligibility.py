@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from zh_voice import require_zh
 
 from fast_tts.audio import resample, to_float32
 from fast_tts.text import normalize
-from tests.zh_voice import require_zh
 
 faster_whisper = pytest.importorskip("faster_whisper")
 opencc = pytest.importorskip("opencc")

@@ -8,9 +8,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from zh_voice import require_zh
+
 from fast_tts.audio import read_audio
 from fast_tts.server.launch import ServerProcess
-from tests.zh_voice import require_zh
 
 
 @pytest.fixture(scope="module")
