@@ -14,6 +14,7 @@ pytest.importorskip("fastapi")
 if os.environ.get("CI", "").lower() != "true":  # the `ray` extra is part of `test`: CI must run it
     pytest.importorskip("ray.serve")
 
+from fast_tts.engine.auto import bundled_languages
 from fast_tts.server.launch import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,8 @@ def test_serve_ray_runs_and_stops_its_own_loopback_instance(tmp_path) -> None:
         host, port = found.group(1), int(found.group(2))
         assert host == "127.0.0.1"
         health = httpx.get(f"{server.url}/health", timeout=30)
-        assert health.status_code == 200 and health.json()["family"] == "piper"
+        default_family = "piper+kokoro" if "zh" in bundled_languages() else "piper"  # the bundled voice set
+        assert health.status_code == 200 and health.json()["family"] == default_family
         assert health.headers["x-fast-tts-proxy"] == "1" and health.headers["x-fast-tts-replica"]
         speech = httpx.post(f"{server.url}/v1/audio/speech", timeout=120,
                             json={"model": "tts-1", "voice": "alloy", "input": "Hello.", "response_format": "wav"})

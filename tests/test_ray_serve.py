@@ -22,10 +22,7 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 try:
-    from fast_tts.server.ray_proxy import prepare_ray_environment
-
-    prepare_ray_environment(None)  # before Ray is imported: bind the test cluster to 127.0.0.1
-    os.environ["RAY_AUTH_MODE"] = "token"  # the cluster and the servers that join it use Ray's token auth alike
+    # tests/conftest.py set Ray's environment (loopback binding, token auth) before anything imported Ray
     import ray
     from ray import serve
 except ImportError as exc:  # the `ray` extra is part of `test`: CI must not skip these
