@@ -85,6 +85,31 @@ def test_clauses_and_the_pipeline_named_results(kokoro: object) -> None:
     assert onset < 0.05 * 24000  # and the model's 0.3 s of padding before speech is cut
 
 
+def test_quick_start_cuts_a_long_first_clause_after_its_first_words(kokoro: object) -> None:
+    from fast_tts.models.kokoro.pipeline import LEAD_TOKENS
+
+    pipeline, text = kokoro._kokoro, "今天是二零二四年三月五日，天气很好。"
+    whole = list(pipeline(text, "jm_kumo"))
+    quick = list(pipeline(text, "jm_kumo", quick_start=True))
+    assert len(quick) == len(whole) + 1 and quick[1:][-1].graphemes == whole[-1].graphemes
+    first, rest = quick[0], quick[1]
+    assert len(pipeline.model.tokens(first.phonemes)) <= LEAD_TOKENS  # a few words: a short first model call
+    assert f"{first.phonemes} {rest.phonemes}" == whole[0].phonemes  # cut at a word gap, nothing lost
+    assert 0.8 * whole[0].audio.size < first.audio.size + rest.audio.size < 1.3 * whole[0].audio.size
+    assert first.audio[-int(0.05 * 24000):].any() and not rest.audio[-int(0.15 * 24000):].any()  # pause at the end
+    short = "你好，天气很好。"  # a first clause that is short already is not cut
+    assert [r.phonemes for r in pipeline(short, "jm_kumo", quick_start=True)] == [
+        r.phonemes for r in pipeline(short, "jm_kumo")]
+
+
+async def test_kokoro_streams_its_first_words_first(kokoro: object) -> None:
+    text = "今天是2024年3月5日，天气很好。"
+    chunks = [chunk async for chunk in kokoro.speak_stream_async(text)]
+    whole = await kokoro.speak_async(text)
+    assert len(chunks) == 3 and 0.3 * 24000 < len(chunks[0]) < 0.6 * len(whole)
+    assert abs(sum(len(c) for c in chunks) - len(whole)) < 0.3 * len(whole)
+
+
 async def test_kokoro_engine_speaks_chinese_and_refuses_other_writing(kokoro: object) -> None:
     assert kokoro.family == "kokoro" and kokoro.default_voice == "jm_kumo" and kokoro.sample_rate == 24000
     assert kokoro.list_speakers()[0] == "jm_kumo" and kokoro.voice_languages("jf_alpha") == ("zh",)

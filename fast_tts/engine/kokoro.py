@@ -93,8 +93,10 @@ class AsyncKokoroEngine(AsyncEngine):
         return [clean_for_tts(segment) for segment in segments]
 
     def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
-        """One chunk per clause pack (the first clause alone), pauses included."""
-        for result in self._kokoro(job.segment.text, job.voice.data, float(job.params.speed)):
+        """One chunk per clause pack (the first clause alone, its first words alone when a caller streams the
+        request's first segment), pauses included."""
+        quick_start = job.streamed and job.segment.index == 0
+        for result in self._kokoro(job.segment.text, job.voice.data, float(job.params.speed), quick_start=quick_start):
             log.debug("kokoro %r -> %r", result.graphemes, result.phonemes)
             if result.audio.size:
                 yield result.audio

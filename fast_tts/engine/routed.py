@@ -218,7 +218,8 @@ class AsyncRoutedEngine(AsyncEngine):
         voice = engine._builtin_voice(run.voice)
         texts = [t for t in engine._prepare(job.segment.text, voice, job.params, job.context) if t.strip()]
         for i, text in enumerate(texts):
-            part = dataclasses.replace(job, segment=Segment(text, i, len(texts)), voice=voice)
+            part = dataclasses.replace(job, segment=Segment(text, i, len(texts)), voice=voice,
+                                       streamed=job.streamed and job.segment.index == 0)  # first run: caller waits
             for chunk in engine._synthesize(part):
                 if engine.sample_rate != self.sample_rate:
                     chunk = resample(np.asarray(chunk, dtype=np.float32), engine.sample_rate, self.sample_rate)

@@ -1,8 +1,9 @@
 """KokoroPipeline: the language-aware half of Kokoro (G2P, clause chunks, pauses) over the language-blind model.
 
-Text goes out in chunks the listener can start on early: the first clause alone (so first audio comes after one
-short model call), then the following clauses packed up to a sentence end. Each chunk's audio keeps a pause that
-fits its closing punctuation; the model's own padding silence is trimmed away.
+Text goes out in chunks the listener can start on early: the first clause alone (or, for a listener waiting on the
+first audio, its first few words alone, so that audio comes after one short model call), then the following clauses
+packed up to a sentence end. Each clause's audio ends with a pause that fits its closing punctuation; the model's
+own padding silence is trimmed away.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ _CLAUSE_END = re.compile("[，、；：,;:]+|[。！？!?…]+|(?<!\\d)\\.(?!\\d
 _SENTENCE_END = re.compile("[。！？!?…\\n.]")
 PACK_TOKENS = 200
 """Phoneme tokens a later chunk may pack (about 8 s of speech): fewer model calls, prosody across commas."""
+LEAD_TOKENS = 24
+"""Phoneme tokens (about five syllables) after which the first clause of a text is cut at the next word gap: a
+model call costs about as much as the audio it makes, so a short first piece brings the first audio forward."""
 CLAUSE_PAUSE_S = 0.15
 SENTENCE_PAUSE_S = 0.3
 _LEAD_S = 0.03  # silence kept before a chunk's first sound
@@ -59,19 +63,21 @@ class KokoroPipeline:
         self.g2p = g2p
         self.sample_rate = model.sample_rate
 
-    def _token_chunks(self, graphemes: str) -> Iterator[tuple[str, list[int]]]:
-        """(phonemes, tokens) for a clause, cut at word gaps when it exceeds what one model call takes."""
+    def _token_chunks(self, graphemes: str, lead: bool) -> Iterator[tuple[str, list[int]]]:
+        """(phonemes, tokens) pieces of a pack, cut at word gaps where one model call cannot take it all, and, for
+        the `lead` pack, after the first LEAD_TOKENS tokens when it is more than half as long again."""
         phonemes = self.g2p(graphemes)
         tokens = self.model.tokens(phonemes)
-        if len(tokens) <= MAX_TOKENS - 2:
+        if len(tokens) <= MAX_TOKENS - 2 and not (lead and 2 * len(tokens) > 3 * LEAD_TOKENS):
             yield phonemes, tokens
             return
         piece = ""
+        limit = LEAD_TOKENS if lead else MAX_TOKENS - 2
         for word in phonemes.split(" "):
             joined = f"{piece} {word}".strip()
-            if piece and len(self.model.tokens(joined)) > MAX_TOKENS - 2:
+            if piece and len(self.model.tokens(joined)) > limit:
                 yield piece, self.model.tokens(piece)
-                joined = word
+                joined, limit = word, MAX_TOKENS - 2
             piece = joined[: 4 * MAX_TOKENS]
         if piece:
             yield piece, self.model.tokens(piece)[: MAX_TOKENS - 2]
@@ -94,12 +100,16 @@ class KokoroPipeline:
         if pack:
             yield pack
 
-    def __call__(self, text: str, voice: str, speed: float = 1.0) -> Iterator[KokoroResult]:
-        """Speak `text` chunk by chunk; each result's audio already carries its pause."""
-        for graphemes in self._packs(text):
-            for phonemes, tokens in self._token_chunks(graphemes):
+    def __call__(self, text: str, voice: str, speed: float = 1.0, *, quick_start: bool = False
+                 ) -> Iterator[KokoroResult]:
+        """Speak `text` chunk by chunk; a pack's last piece carries the pause after it, earlier pieces none.
+        quick_start: cut the first clause after its first words (an extra model call, for a listener waiting)."""
+        for index, graphemes in enumerate(self._packs(text)):
+            pieces = list(self._token_chunks(graphemes, lead=quick_start and index == 0))
+            for number, (phonemes, tokens) in enumerate(pieces, 1):
                 audio = self.model.synthesize(tokens, voice, speed)
-                yield KokoroResult(graphemes, phonemes, self._trim(audio, _pause(graphemes) / speed))
+                pause = _pause(graphemes) / speed if number == len(pieces) else 0.0
+                yield KokoroResult(graphemes, phonemes, self._trim(audio, pause))
 
     def _trim(self, audio: np.ndarray, pause_s: float) -> np.ndarray:
         """Cut the model's padding to _LEAD_S before the first sound and `pause_s` after the last."""
