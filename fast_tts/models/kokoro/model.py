@@ -19,7 +19,7 @@ class KokoroModel:
         except ImportError as exc:
             raise MissingDependencyError("Kokoro needs 'onnxruntime' (pip install onnxruntime)") from exc
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads  # parallel requests beat parallel kernels on a few cores
+        options.intra_op_num_threads = threads  # concurrent runs share this pool
         options.inter_op_num_threads = 1
         try:
             self._session = onnxruntime.InferenceSession(
