@@ -102,6 +102,22 @@ def test_quick_start_cuts_a_long_first_clause_after_its_first_words(kokoro: obje
         r.phonemes for r in pipeline(short, "jm_kumo")]
 
 
+def test_a_lone_call_and_overlapping_calls_give_the_same_audio(kokoro: object) -> None:
+    import threading
+
+    model = kokoro._kokoro.model
+    tokens = model.tokens(kokoro._kokoro.g2p("我们上午十点在公园门口见面。"))
+    alone = model.synthesize(tokens, "jm_kumo")  # nothing else runs: the multi-thread session
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(model.synthesize(tokens, "jm_kumo"))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3 and all(np.array_equal(alone, r) for r in results)
+    assert model._running == 0
+
+
 async def test_kokoro_streams_its_first_words_first(kokoro: object) -> None:
     text = "今天是2024年3月5日，天气很好。"
     chunks = [chunk async for chunk in kokoro.speak_stream_async(text)]

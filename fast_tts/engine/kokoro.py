@@ -51,8 +51,8 @@ class AsyncKokoroEngine(AsyncEngine):
 
     def __init__(self, model_path: str | Path | None = None, *, threads_per_request: int | None = None,
                  **kw: Any) -> None:
-        """threads_per_request: onnxruntime threads of the one session all requests share (default: 2, or 1 on a
-        single core). Two threads halve a lone request's wait, and concurrent requests share them without loss."""
+        """threads_per_request: onnxruntime threads of a model call that runs alone (default: 2, or 1 on a single
+        core); calls that overlap run on one thread each (KokoroModel)."""
         if model_path is not None:
             raise ModelLoadError(
                 f"{model_path}: the Kokoro engine runs the Kokoro-82M that fast-tts[zh] installs; it takes no path"
