@@ -23,9 +23,10 @@ _CLAUSE_END = re.compile("[，、；：,;:]+|[。！？!?…]+|(?<!\\d)\\.(?!\\d
 _SENTENCE_END = re.compile("[。！？!?…\\n.]")
 PACK_TOKENS = 200
 """Phoneme tokens a later chunk may pack (about 8 s of speech): fewer model calls, prosody across commas."""
-LEAD_TOKENS = 24
-"""Phoneme tokens (about five syllables) after which the first clause of a text is cut at the next word gap: a
-model call costs about as much as the audio it makes, so a short first piece brings the first audio forward."""
+LEAD_TOKENS = 16
+"""Phoneme tokens (three or four syllables) after which the first clause of a text is cut at a word gap: a model
+call costs a fixed part plus about as much as the audio it makes, so a short first piece brings the first audio
+forward."""
 CLAUSE_PAUSE_S = 0.15
 SENTENCE_PAUSE_S = 0.3
 _LEAD_S = 0.03  # silence kept before a chunk's first sound
