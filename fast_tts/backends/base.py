@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from fast_tts.errors import ModelLoadError, UnsupportedOperationError
+from fast_tts.models.lm import LMSource
 from fast_tts.sampling import SamplingParams
 
 FINISH_STOP = "stop"  # a stop token was sampled (not returned)
@@ -143,3 +145,14 @@ class Generator(Protocol):
     async def shutdown(self) -> None:
         """Stop the worker; unfinished streams end with EngineClosedError."""
         ...
+
+
+def checkpoint_source(source: LMSource | None, backend: str, own_heads_refused: str | None = None) -> LMSource:
+    """The checkpoint folder a backend that loads weights from disk needs (`adapter.source`). With
+    `own_heads_refused` (the reason), a model whose logits come from heads outside its folder is refused too."""
+    if source is None:
+        raise ModelLoadError(f"the {backend} backend loads weights from disk, and this model has no checkpoint "
+                             "folder (adapter.source is None)")
+    if own_heads_refused is not None and not source.stock_head:
+        raise UnsupportedOperationError(f"the {backend} backend runs stock causal LMs only: {own_heads_refused}")
+    return source

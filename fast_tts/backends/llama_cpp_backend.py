@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fast_tts.backends.base import checkpoint_source
 from fast_tts.backends.gguf_convert import check_gguf_type, gguf_path
 from fast_tts.backends.worker import Request, WorkerBackend, refuse
 from fast_tts.errors import InvalidInputError, ModelLoadError
@@ -72,10 +73,7 @@ class LlamaCppBackend(WorkerBackend):
         device_type = torch.device(device).type
         if device_type not in ("cpu", "cuda"):
             raise InvalidInputError(f"the llama-cpp backend runs on cpu or cuda, not {device!r}", "device")
-        source = getattr(adapter, "source", None)
-        if source is None:
-            raise ModelLoadError("the llama-cpp backend loads weights from disk, and this model has no checkpoint "
-                                 "folder (adapter.source is None)")
+        source = checkpoint_source(getattr(adapter, "source", None), "llama-cpp")
         gguf_type = check_gguf_type(gguf_type or gguf_type_for(dtype))
         self.adapter = adapter
         self.stock_head = bool(source.stock_head)

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from fast_tts.backends.base import checkpoint_source
 from fast_tts.backends.worker import Request, WorkerBackend, refuse
-from fast_tts.errors import InvalidInputError, ModelLoadError, UnsupportedOperationError
+from fast_tts.errors import InvalidInputError, ModelLoadError
 from fast_tts.models.lm import LMAdapter
 from fast_tts.sampling import SamplingParams
 
@@ -53,14 +54,10 @@ class MlxBackend(WorkerBackend):
             raise InvalidInputError("quantize_bits must be None, 4 or 8", "quantize_bits")
         if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise InvalidInputError("prefill_chunk must be an integer >= 1", "prefill_chunk")
-        source = getattr(adapter, "source", None)
-        if source is None:
-            raise ModelLoadError("the mlx-lm backend loads weights from disk, and this model has no checkpoint "
-                                 "folder (adapter.source is None)")
-        if not source.stock_head:
-            raise UnsupportedOperationError(
-                "the mlx-lm backend runs stock causal LMs (ids in, the folder's own head); this model has heads of "
-                "its own that mlx-lm's generator cannot call (ChatTTS: use backend='torch' or 'llama-cpp')")
+        source = checkpoint_source(
+            getattr(adapter, "source", None), "mlx-lm",
+            "ids in, the folder's own head; this model has heads of its own that mlx-lm's generator cannot call "
+            "(ChatTTS: use backend='torch' or 'llama-cpp')")
         device_name = "cpu" if device in (None, "auto") else str(device)
         if device_name not in ("cpu", "gpu"):
             raise InvalidInputError(f"the mlx-lm backend runs on cpu or gpu (Metal), not {device!r}", "device")

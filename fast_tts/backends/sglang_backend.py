@@ -25,9 +25,16 @@ from typing import Any
 
 import torch
 
-from fast_tts.backends.base import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, GenerationStream, StepOutput
+from fast_tts.backends.base import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    GenerationStream,
+    StepOutput,
+    checkpoint_source,
+)
 from fast_tts.backends.worker import refuse
-from fast_tts.errors import EngineClosedError, InvalidInputError, ModelLoadError, UnsupportedOperationError
+from fast_tts.errors import EngineClosedError, InvalidInputError, ModelLoadError
 from fast_tts.models.lm import LMAdapter, LMSource
 from fast_tts.sampling import SamplingParams
 
@@ -38,15 +45,9 @@ _DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16
 
 def check_source(source: LMSource | None) -> Path:
     """The folder SGLang loads; errors for models it cannot carry."""
-    if source is None:
-        raise ModelLoadError("the sglang backend loads weights from disk, and this model has no checkpoint folder "
-                             "(adapter.source is None)")
-    if not source.stock_head:
-        raise UnsupportedOperationError(
-            "the sglang backend runs stock causal LMs: SGLang samples with the checkpoint's own head inside its "
-            "scheduler, and this model's heads are not in the checkpoint (ChatTTS: use backend='torch' or "
-            "'llama-cpp')")
-    return Path(source.folder)
+    return Path(checkpoint_source(
+        source, "sglang", "SGLang samples with the checkpoint's own head inside its scheduler, and this model's "
+        "heads are not in the checkpoint (ChatTTS: use backend='torch' or 'llama-cpp')").folder)
 
 
 def engine_args(folder: Path, max_batch: int = 8, max_seq: int = 2048, dtype: Any = "auto", device: Any = "cuda",

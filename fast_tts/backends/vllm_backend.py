@@ -31,7 +31,14 @@ from typing import Any
 
 import torch
 
-from fast_tts.backends.base import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, GenerationStream, StepOutput
+from fast_tts.backends.base import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    GenerationStream,
+    StepOutput,
+    checkpoint_source,
+)
 from fast_tts.devices import resolve_dtype
 from fast_tts.errors import EngineClosedError, InvalidInputError, ModelLoadError, UnsupportedOperationError
 from fast_tts.models.lm import LMAdapter
@@ -72,15 +79,8 @@ class VLLMBackend:
             raise InvalidInputError("max_batch must be >= 1", "max_batch")
         if max_seq < 2:
             raise InvalidInputError("max_seq must be >= 2", "max_seq")
-        source = getattr(adapter, "source", None)
-        if source is None:
-            raise ModelLoadError("the vLLM backend loads weights from disk, but this model was built in memory "
-                                 "(its adapter has no source folder)")
-        if not source.stock_head:
-            raise UnsupportedOperationError(
-                f"the vLLM backend runs stock causal LMs only; {source.folder} needs its family's own heads "
-                "(ChatTTS's GPT); use backend='torch'"
-            )
+        source = checkpoint_source(getattr(adapter, "source", None), "vLLM",
+                                   "this model needs its family's own heads (ChatTTS's GPT); use backend='torch'")
         if adapter.num_codebooks != 1:
             raise UnsupportedOperationError("the vLLM backend samples one token per step (num_codebooks == 1)")
         self.folder = Path(source.folder)
