@@ -10,7 +10,8 @@ worker, and little else:
   _synthesize(job) -> Iterator[float32 chunks]  one segment's audio (`SegmentJob`: segment, voice, params, tokens)
   _prepare(text, voice, params, ctx)           optional: text -> segment texts (default: normalize + split)
   _lm_call(segment, voice, params, ctx)        optional: the LM generation a segment needs (started ahead for it)
-  _make_speaker / _speaker_voice / _clone_voice optional: custom and cloned voices (stored by SpeakerStore)
+  _make_speaker / _speaker_voice / _clone_voice optional: custom and cloned voices (stored by SpeakerStore;
+                                             PresetSpeakerEngine makes them presets over a built-in voice)
   _close()                                     optional: release the model after the workers stopped
 
 and class attributes: `family`, `sample_rate`, `default_voice`, `params_type` (a SpeechParams dataclass), `can_clone`,
@@ -564,3 +565,33 @@ class AsyncEngine(ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
+
+
+class PresetSpeakerEngine(AsyncEngine):
+    """An engine that cannot clone from audio: its custom speaker is a preset, a built-in voice (`voice`, default
+    the engine's default voice) plus request parameters such as `speed`, validated when it is made."""
+
+    def _make_speaker(
+        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if audio is not None:
+            raise UnsupportedOperationError(
+                f"the {self.family} voices cannot be cloned from audio; a speaker here is a preset, "
+                f"e.g. add_speaker('calm', voice={self.default_voice!r}, speed=0.9)"
+            )
+        options = dict(options)
+        base = options.pop("voice", None) or self.default_voice
+        preset = {k: v for k, v in options.items() if v is not None}
+        self._params(self._builtin_voice(base), preset)  # an unknown voice or bad value fails now, not at first use
+        return {}, {"voice": base, "params": preset}
+
+    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice[Any]:
+        base = meta.get("voice")
+        try:
+            voice = self._builtin_voice(base)
+        except UnknownVoiceError:
+            raise InvalidInputError(f"speaker {name!r} needs voice {base!r}, which this model lacks",
+                                    field="voice") from None
+        fields = {f.name for f in dataclasses.fields(SpeechParams)}
+        preset = {k: v for k, v in dict(meta.get("params") or {}).items() if k in fields}
+        return Voice(name, voice.data, preset)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from fast_tts.engine.base import AsyncEngine, ProgressFn, SegmentJob, Voice
+from fast_tts.engine.base import PresetSpeakerEngine, ProgressFn, SegmentJob, Voice
 from fast_tts.engine.lm import RequestContext
 from fast_tts.engine.params import SpeechParams, given
 from fast_tts.engine.routed import check_readable
-from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError, UnsupportedOperationError
+from fast_tts.errors import ModelLoadError, UnknownVoiceError
 from fast_tts.models.piper import PiperRunner, bundled_voice_paths
 
 
@@ -76,7 +76,7 @@ def _describe(model: Path, config: Path) -> _VoiceFile:
                       dict(data.get("speaker_id_map") or {}))
 
 
-class AsyncPiperEngine(AsyncEngine):
+class AsyncPiperEngine(PresetSpeakerEngine):
     """Piper voices with sentence-level streaming, `speed` (length scale 1/speed) and `deterministic` output."""
 
     family = "piper"
@@ -160,31 +160,6 @@ class AsyncPiperEngine(AsyncEngine):
 
                 audio = resample(audio, runner.sample_rate, self.sample_rate)
             yield audio
-
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """A Piper speaker is a preset: `voice` (a built-in voice) plus request parameters such as `speed`."""
-        if audio is not None:
-            raise UnsupportedOperationError(
-                "Piper voices cannot be cloned from audio; a Piper speaker is a preset, "
-                "e.g. add_speaker('calm', voice='joe', speed=0.9)"
-            )
-        options = dict(options)
-        base = options.pop("voice", None) or self.default_voice
-        if base not in self._names:
-            raise UnknownVoiceError(base, self._builtin_voices())
-        preset = {k: v for k, v in options.items() if v is not None}
-        self._params(Voice(base, self._names[base]), preset)  # validate now, not at first use
-        return {}, {"voice": base, "params": preset}
-
-    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice[PiperVoice]:
-        base = meta.get("voice")
-        if base not in self._names:
-            raise InvalidInputError(f"speaker {name!r} needs voice {base!r}, which this model lacks", field="voice")
-        fields = {f.name for f in dataclasses.fields(SpeechParams)}
-        preset = {k: v for k, v in dict(meta.get("params") or {}).items() if k in fields}
-        return Voice(name, self._names[base], preset)
 
     # ----- public API -----------------------------------------------------------------------------------------
 

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from fast_tts.audio import JoinRule, resample
-from fast_tts.engine.base import AsyncEngine, ProgressFn, Segment, SegmentJob, SegmentText, Voice
+from fast_tts.engine.base import AsyncEngine, PresetSpeakerEngine, ProgressFn, Segment, SegmentJob, SegmentText, Voice
 from fast_tts.engine.lm import RequestContext
 from fast_tts.engine.params import SpeechParams, given
-from fast_tts.errors import InvalidInputError, UnknownVoiceError, UnsupportedOperationError
+from fast_tts.errors import InvalidInputError, UnknownVoiceError
 from fast_tts.text.runs import LANGUAGE_NAMES, ScriptRun, script_name, scripts_of_language, split_scripts
 
 _EXCERPT = 24  # characters of the offending text quoted in an error
@@ -136,7 +136,7 @@ def check_readable(text: str, voice: str, languages: Sequence[str]) -> None:
             raise unreadable_error(voice, languages, run, bundled_remedy(run.script))
 
 
-class AsyncRoutedEngine(AsyncEngine):
+class AsyncRoutedEngine(PresetSpeakerEngine):
     """Single-language engines behind one voice namespace, plus the voice set `auto` that routes by language.
 
     Voices: `auto` (default: each language to its first voice), then every member voice by its own name. Member
@@ -224,33 +224,6 @@ class AsyncRoutedEngine(AsyncEngine):
                 if engine.sample_rate != self.sample_rate:
                     chunk = resample(np.asarray(chunk, dtype=np.float32), engine.sample_rate, self.sample_rate)
                 yield chunk
-
-    # ----- custom speakers: presets over a voice or set -----------------------------------------------------------
-
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """A speaker is a preset: `voice` (a voice or voice set, default `auto`) plus parameters such as `speed`."""
-        if audio is not None:
-            raise UnsupportedOperationError(
-                f"the {self.family} voices cannot be cloned from audio; a speaker here is a preset, "
-                "e.g. add_speaker('calm', voice='auto', speed=0.9)"
-            )
-        options = dict(options)
-        base = options.pop("voice", None) or self.default_voice
-        if base not in self._sets:
-            raise UnknownVoiceError(base, self._builtin_voices())
-        preset = {k: v for k, v in options.items() if v is not None}
-        self._params(Voice(base, self._sets[base]), preset)  # validate now, not at first use
-        return {}, {"voice": base, "params": preset}
-
-    def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice[VoiceSet]:
-        base = meta.get("voice")
-        if base not in self._sets:
-            raise InvalidInputError(f"speaker {name!r} needs voice {base!r}, which is not here", field="voice")
-        fields = {f.name for f in dataclasses.fields(SpeechParams)}
-        preset = {k: v for k, v in dict(meta.get("params") or {}).items() if k in fields}
-        return Voice(name, self._sets[base], preset)
 
     # ----- public API ---------------------------------------------------------------------------------------------
 
