@@ -248,7 +248,7 @@ class AsyncChatTTSEngine(AsyncEngine):
                                  use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                  seed: int | None = None, deterministic: bool | None = None,
                                  length_threshold: int | None = None, window_size: int | None = None,
-                                normalize: bool = True,
+                                 normalize: bool = True,
                                  **unknown: Any) -> AsyncIterator[np.ndarray]:
         """clone_voice_async's audio as int16 chunks as they are made."""
         return self._clone_stream(text, reference_audio, reference_text, given(locals()))
