@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from backend_suite import megatts3_reference
 from engine_envs import require_env
 from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ, write_g2p
 from megatts3_fixtures import SHARED_PARTS, aligner_variant, mega_root  # noqa: F401  (mega_root: fixture)
@@ -189,19 +189,6 @@ def test_chattts_gpt_is_refused_at_construction(side, tmp_path) -> None:
     assert err["error"] == "UnsupportedOperationError" and "ChatTTS" in err["message"]
 
 
-def _reference(tmp_path: Path) -> tuple[bytes, str]:
-    import soundfile as sf
-
-    sr = 24000
-    t = np.arange(int(1.2 * sr)) / sr
-    wav = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
-    buf = io.BytesIO()
-    sf.write(buf, wav.astype(np.float32), sr, format="WAV", subtype="PCM_16")
-    npy = tmp_path / "ref.npy"
-    np.save(npy, np.random.default_rng(1).standard_normal((1, 50, 32)).astype(np.float32))
-    return buf.getvalue(), str(npy)
-
-
 @pytest.fixture(scope="module")
 def mega64(mega_root, tmp_path_factory) -> Path:  # noqa: F811
     """The engineered MegaTTS3 rule checkpoint with a G2P of head size 64 (vLLM's CPU attention refuses 16)."""
@@ -218,7 +205,7 @@ def mega64(mega_root, tmp_path_factory) -> Path:  # noqa: F811
 async def test_megatts3_engine_gives_the_same_audio_on_vllm(side, mega64, tmp_path) -> None:
     from fast_tts.engine.megatts3 import AsyncMega3Engine
 
-    wav, npy = _reference(tmp_path)
+    wav, npy = megatts3_reference(tmp_path)
     params = {"time_step": 1, "dur_alpha": 0.1, "seed": 7, "temperature": 0.0}
     text = "Hello there. Second part."
     engine = AsyncMega3Engine(mega64, backend="torch", torch_dtype="float32", max_concurrency=1)
