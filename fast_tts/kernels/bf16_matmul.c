@@ -6,8 +6,8 @@
  * of the tile, then the same for the second half (128 bytes). A tile's two 512-bit loads per column pair feed one
  * `vdpbf16ps` per activation row, which accumulates in float32 lanes that are already the outputs, so nothing
  * needs a horizontal sum. Up to 8 activation rows share each weight load; more rows take further passes over a
- * tile that is by then in cache. Tiles are shared out over the threads of pool.c.
- *
+ * tile that is by then in cache. Tiles are shared out over the threads of pool.c. The loop prefetches the weights
+ * PREFETCH_AHEAD column pairs ahead, as f32_matmul.c does (a hint only: the sums are unchanged).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -19,6 +19,7 @@
 
 #define TILE FAST_TTS_TILE
 #define MAX_ROWS 8
+#define PREFETCH_AHEAD 16 /* column pairs of 128 bytes: 2 KiB ahead */
 
 /* Reorder a row-major (n, k) bf16 weight into the tiled layout above; n % 32 == 0 and k % 2 == 0. */
 void fast_tts_pack_bf16(const uint16_t *weight, uint16_t *packed, int64_t n, int64_t k) {
@@ -39,6 +40,8 @@ static inline __attribute__((always_inline)) void tile_product(const uint16_t *x
     for (int b = 0; b < rows; b++) lo[b] = hi[b] = _mm512_setzero_ps();
     for (int64_t col = 0; col < k; col += 2) {
         const uint16_t *w = tile + col * TILE;
+        _mm_prefetch((const char *)(w + PREFETCH_AHEAD * 2 * TILE), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + PREFETCH_AHEAD * 2 * TILE + 32), _MM_HINT_T0);
         __m512bh w_lo = (__m512bh)_mm512_loadu_si512(w), w_hi = (__m512bh)_mm512_loadu_si512(w + 32);
         for (int b = 0; b < rows; b++) {
             uint32_t pair;
