@@ -56,6 +56,7 @@ ROWS = [
     Row("torch bf16", "torch", None, {"dtype": "bfloat16"}),
     Row("llama.cpp f16", "llama-cpp", "llama-cpp", {"gguf_type": "f16"}),
     Row("llama.cpp q8_0", "llama-cpp", "llama-cpp", {"gguf_type": "q8_0"}),
+    Row("llama.cpp q4_0", "llama-cpp", "llama-cpp", {"gguf_type": "q4_0"}),
     Row("mlx-lm float32", "mlx-lm", "mlx-lm", {"dtype": "float32"}),
     Row("mlx-lm bf16", "mlx-lm", "mlx-lm", {"dtype": "bfloat16"}),
     Row("mlx-lm 8-bit", "mlx-lm", "mlx-lm", {"quantize_bits": 8}),

@@ -71,20 +71,25 @@ def logit_gap(adapter, prompt: torch.Tensor, generated: list[int], a: int, b: in
     return abs(float(logits[a] - logits[b]))
 
 
-async def check_greedy_matches_torch(backend, adapter, reference: list[list[int]], tie: float) -> None:
+async def check_greedy_matches_torch(backend, adapter, reference: list[list[int]], tie: float,
+                                     lengths: list[int] | None = None) -> None:
     """Greedy ids equal the torch backend's, and are diverse (no collapse onto a few ids).
+
+    `lengths`: tokens asked of each prompt (default: all of its reference), so that requests end at other times.
 
     The engines compute in other precisions (f16 weights, other summation orders), so where torch's own top two
     logits are closer than `tie` the other engine may legitimately pick the other one: a prompt may part from
     torch's ids only at such a near-tie, and at least two prompts must agree for 48 tokens or more.
     """
     ps = prompts(adapter, len(reference))
-    streams = [backend.submit(p, SamplingParams(temperature=0.0, max_new_tokens=len(reference[0]))) for p in ps]
+    lengths = lengths or [len(ref) for ref in reference]
+    streams = [backend.submit(p, SamplingParams(temperature=0.0, max_new_tokens=n)) for p, n in zip(ps, lengths)]
     got = [r.token_ids[:, 0].tolist() for r in await asyncio.gather(*(s.collect() for s in streams))]
     agreed = []
-    for p, ours, ref in zip(ps, got, reference):
+    for p, n, ours, ref in zip(ps, lengths, got, reference):
         assert len(set(ref)) >= len(ref) // 2, "the reference collapsed onto few ids: the check would be weak"
-        assert len(ours) == len(ref)
+        assert len(ours) == n
+        ref = ref[:n]
         first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), len(ref))
         agreed.append(first)
         if first < len(ref):

@@ -72,6 +72,13 @@ else:
         tie = 0.05 if gguf_type == "f16" else 0.02
         await check_greedy_matches_torch(backend, G2P.from_folder(qwen2), reference, tie)
 
+    async def test_greedy_ids_hold_when_a_sequence_moves(make, qwen2, reference) -> None:
+        # the first request ends early, so the last one's KV cache moves into its sequence (see _compact)
+        backend = make(gguf_type="f32")
+        await check_greedy_matches_torch(backend, G2P.from_folder(qwen2), reference, 0.02,
+                                         lengths=[8] + [len(r) for r in reference[1:]])
+        assert backend.stats()["active"] == 0
+
     async def test_q8_0_runs_and_mostly_agrees(make, qwen2, reference) -> None:
         backend = make(gguf_type="q8_0")
         adapter = G2P.from_folder(qwen2)
@@ -80,6 +87,16 @@ else:
                                    SamplingParams(temperature=0.0, max_new_tokens=64)).collect()
         ids = got.token_ids[:, 0].tolist()  # how far 8-bit weights agree is measured in benchmarks/backends.py
         assert len(ids) == 64 and len(set(ids)) > 32 and ids[0] == reference[0][0]
+
+    async def test_q4_0_is_smaller_still_and_runs(make, qwen2) -> None:
+        backend = make(gguf_type="q4_0")
+        adapter = G2P.from_folder(qwen2)
+        assert backend.path.name == "fast-tts-qwen2-q4_0.gguf"
+        assert backend.path.stat().st_size < gguf_path(adapter.source, "q8_0").stat().st_size * 0.8
+        got = await backend.submit(torch.tensor(adapter.prompt_ids("hello world"))[:, None],
+                                   SamplingParams(temperature=0.0, max_new_tokens=64)).collect()
+        ids = got.token_ids[:, 0].tolist()  # 4-bit weights agree less; benchmarks/backends.py measures how much
+        assert len(ids) == 64 and len(set(ids)) > 32
 
     async def test_seeded_sampling_repeats(make, qwen2) -> None:
         await check_seeded_sampling(make(), G2P.from_folder(qwen2))

@@ -2,8 +2,8 @@
 
 What is written: the decoder's tensors under llama.cpp's names (f32 norms and biases; f32 or f16 matrices), its
 hyper-parameters, and no tokenizer (tokenizer model "none" with the embedding's row count as vocabulary size):
-fast-tts tokenizes itself and hands llama.cpp token ids or embeddings. `q8_0` is the f16 file quantized by
-llama.cpp's own `llama_model_quantize`.
+fast-tts tokenizes itself and hands llama.cpp token ids or embeddings. `q8_0` and `q4_0` are the f16 file quantized
+by llama.cpp's own `llama_model_quantize`.
 - A stock causal LM (`LMSource.stock_head`) keeps its head: arch `qwen2` or `llama`, ids in, logits out.
 - A decoder whose heads live elsewhere (ChatTTS) keeps its arch but gets a one-row placeholder token table (it is
   only ever fed embeddings) and no head, so llama.cpp's head is that one row: an unused logit that costs nothing.
@@ -34,7 +34,8 @@ import numpy as np
 from fast_tts.errors import InvalidInputError, MissingDependencyError, ModelLoadError
 from fast_tts.models.lm import LMSource
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+QUANTIZED = ("q8_0", "q4_0")  # made from the f16 file by llama.cpp
 CONVERTER_VERSION = 1  # bump when the written file changes, so cached files are rebuilt
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -136,9 +137,9 @@ def gguf_path(source: LMSource, gguf_type: str = "f16", cache_dir: str | Path | 
     with _locked(target.with_suffix(".lock")):
         if _current(target, want):
             return target
-        if gguf_type == "q8_0":
+        if gguf_type in QUANTIZED:
             f16 = gguf_path(source, "f16", target_dir)
-            _atomic(target, lambda tmp: quantize(f16, tmp, "q8_0"))
+            _atomic(target, lambda tmp: quantize(f16, tmp, gguf_type))
         else:
             _atomic(target, lambda tmp: write_gguf(folder, tmp, gguf_type, source.stock_head))
         target.with_suffix(".json").write_text(json.dumps(want), encoding="utf-8")
@@ -277,10 +278,10 @@ def write_gguf(folder: Path, out: Path, gguf_type: str, stock_head: bool) -> Non
 
 
 def quantize(src: Path, dst: Path, gguf_type: str) -> None:
-    """Quantize a GGUF with llama.cpp (`llama_model_quantize`); `gguf_type` 'q8_0'."""
+    """Quantize a GGUF with llama.cpp (`llama_model_quantize`); `gguf_type` one of QUANTIZED."""
     import llama_cpp
 
-    ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}
+    ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[gguf_type]
     params.nthread = len(os.sched_getaffinity(0))

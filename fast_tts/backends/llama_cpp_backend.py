@@ -16,15 +16,17 @@ Two modes, from the adapter's `LMSource`:
   adapter's heads and fast-tts's sampler (`BatchSampler`) pick the tokens, with every SamplingParams field as on the
   torch backend.
 
-The GGUF comes from `gguf_convert.gguf_path` (f16 by default, f32 or q8_0 on request).
+The GGUF comes from `gguf_convert.gguf_path` (f16 by default, f32, q8_0 or q4_0 on request).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +55,10 @@ def gguf_type_for(dtype: Any) -> str:
 class LlamaCppBackend(WorkerBackend):
     """Generator over llama.cpp for an adapter with an on-disk Llama / Qwen2 checkpoint (`adapter.source`).
 
-    Options: `gguf_type` f16 (default) | f32 | q8_0 (or from `dtype`: float32 -> f32), `gguf_dir` where the GGUF is
-    cached (default: beside the checkpoint), `num_threads` (default: the CPUs this process may use), `device` 'cpu'
-    or 'cuda' (all layers offloaded; needs a CUDA build of llama-cpp-python), `prefill_chunk` prompt tokens per
-    iteration. `compile` is a torch-backend option and is refused.
+    Options: `gguf_type` f16 (default) | f32 | q8_0 | q4_0 (or from `dtype`: float32 -> f32), `gguf_dir` where the
+    GGUF is cached (default: beside the checkpoint), `num_threads` (default: the CPUs this process may use),
+    `device` 'cpu' or 'cuda' (all layers offloaded; needs a CUDA build of llama-cpp-python), `prefill_chunk` prompt
+    tokens per iteration. `compile` is a torch-backend option and is refused.
     """
 
     name = "llama-cpp"
@@ -84,6 +86,7 @@ class LlamaCppBackend(WorkerBackend):
         self.path = gguf_path(source, gguf_type, gguf_dir)
         self._lib = llama_cpp
         _quiet_llama_logs()
+        _warn_about_openmp(llama_cpp)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 999 if device_type == "cuda" else 0
@@ -134,7 +137,7 @@ class LlamaCppBackend(WorkerBackend):
         self._memory = lib.llama_get_memory(self._ctx)
         self._batch_cap = prefill_chunk + max_batch
         self._batch = lib.llama_batch_init(self._batch_cap, 0 if self.stock_head else hidden, 1)
-        self._free_seqs = list(range(max_batch))
+        self._by_slot: list[Request] = []  # sequence id = index: occupied ids are always 0 .. n-1
         self._rows: list[Request] = []  # own-head mode: decoding requests in BatchSampler row order
         if not self.stock_head:
             self.sampler = BatchSampler(max_batch, self.num_codebooks, self.vocab_size, max_seq)
@@ -156,12 +159,12 @@ class LlamaCppBackend(WorkerBackend):
             req.state = self._sampler_chain(req.params)
         else:  # the whole prompt as embeddings, made here so that a prompt the adapter rejects fails alone
             req.state = self.adapter.embed(req.prompt[None])[0].float() if req.is_ids else req.prompt
-        req.slot = self._free_seqs.pop()
+        req.slot = len(self._by_slot)
+        self._by_slot.append(req)
 
     def _release(self, req: Request) -> None:
         lib = self._lib
-        lib.llama_memory_seq_rm(self._memory, req.slot, -1, -1)
-        self._free_seqs.append(req.slot)
+        self._compact(req)
         if self.stock_head:
             if req.state:
                 lib.llama_sampler_free(req.state)
@@ -176,6 +179,24 @@ class LlamaCppBackend(WorkerBackend):
             else:
                 self.sampler.clear_row(row)
             self._rows.pop()
+
+    def _compact(self, req: Request) -> None:
+        """Free `req`'s sequence and move the highest one into it, so the occupied ids stay 0 .. n-1.
+
+        With a KV cache per sequence, llama.cpp decodes a batch in one pass only over ascending consecutive sequence
+        ids; any gap or reversal splits the step into several passes, each reading all the weights again. Moving a
+        sequence copies its KV stream (exact), once per finished request.
+        """
+        lib, memory = self._lib, self._memory
+        hole = req.slot
+        lib.llama_memory_seq_rm(memory, hole, -1, -1)
+        last = self._by_slot.pop()
+        if last is not req:
+            lib.llama_memory_seq_cp(memory, last.slot, hole, -1, -1)
+            lib.llama_memory_seq_rm(memory, last.slot, -1, -1)
+            last.slot = hole
+            self._by_slot[hole] = last
+        req.slot = -1
 
     def _sampler_chain(self, params: SamplingParams) -> Any:
         """llama.cpp samplers in fast-tts's order: temperature, repetition penalty, top-p, top-k, then the draw."""
@@ -201,70 +222,74 @@ class LlamaCppBackend(WorkerBackend):
 
     def _step(self) -> None:
         """One llama_decode: a token of every decoding request, then prompt chunks of newcomers."""
-        lib, batch = self._lib, self._batch
-        decoding = [r for r in self._running if r.prefilled == r.prompt_len]
-        if not self.stock_head:
-            decoding = list(self._rows)  # row order, which the sampler's rows follow
-        entries: list[tuple[Request, int]] = []  # (request, batch index of its output)
-        pieces: list[tuple[Request, int, int]] = []  # (request, first prompt position, end) fed this step
-        n = 0
-        for req in decoding:
-            entries.append((req, n))
-            n += 1
-        budget = self._batch_cap - n
+        lib = self._lib
+        decoding = list(self._rows) if not self.stock_head else [
+            r for r in self._running if r.prefilled == r.prompt_len]  # own heads: the sampler's row order
+        feeds = [_Feed(req, -1, -1) for req in decoding]  # a decoding request feeds its last token
+        budget = self._batch_cap - len(feeds)
         for req in self._running:
             if req.prefilled == req.prompt_len or budget == 0:
                 continue
             end = min(req.prompt_len, req.prefilled + budget)
-            pieces.append((req, req.prefilled, end))
+            feeds.append(_Feed(req, req.prefilled, end))
             budget -= end - req.prefilled
-            n += end - req.prefilled
-            if end == req.prompt_len:
-                entries.append((req, n - 1))
-        inputs = self._fill(decoding, pieces, {idx for _, idx in entries}, n)
-        code = lib.llama_decode(self._ctx, batch)
+        n, inputs = self._fill(feeds)
+        code = lib.llama_decode(self._ctx, self._batch)
         if code != 0:
             raise RuntimeError(f"llama_decode failed with code {code} on a batch of {n} positions")
-        for req, _start, end in pieces:
-            req.prefilled = end
         del inputs
+        entries = []  # (request, batch index of its output), decoding ones first, in `feeds` order
+        for feed in feeds:
+            if feed.start >= 0:
+                feed.req.prefilled = feed.end
+                if feed.end < feed.req.prompt_len:
+                    continue
+            entries.append((feed.req, feed.output))
         if self.stock_head:
             self._sample_stock(entries)
         else:
             self._sample_own(entries)
 
-    def _fill(self, decoding: list[Request], pieces: list[tuple[Request, int, int]], outputs: set[int],
-              n: int) -> Any:
-        """Write the batch: positions, sequence ids, output flags, and token ids or embeddings."""
+    def _fill(self, feeds: list[_Feed]) -> tuple[int, Any]:
+        """Write the batch in ascending sequence order (see `_compact`), and each feed's output index.
+
+        Returns the number of positions and the embeddings array that must outlive the decode call.
+        """
         batch = self._batch
-        rows: list[tuple[int, int]] = []  # (sequence, position) per batch index
+        n = 0
         ids: list[int] = []
         emb_parts: list[torch.Tensor] = []
-        for req in decoding:
-            rows.append((req.slot, req.prompt_len + req.generated - 1))
-            if self.stock_head:
-                ids.append(int(req.last))
+        for feed in sorted(feeds, key=lambda f: f.req.slot):
+            req = feed.req
+            if feed.start < 0:
+                positions = [req.prompt_len + req.generated - 1]
+                if self.stock_head:
+                    ids.append(int(req.last))
+                else:
+                    emb_parts.append(req.last[None])
             else:
-                emb_parts.append(req.last[None])
-        for req, start, end in pieces:
-            rows.extend((req.slot, p) for p in range(start, end))
-            if self.stock_head:
-                ids.extend(req.prompt[start:end, 0].tolist())
-            else:
-                emb_parts.append(req.state[start:end])
-        for i, (seq, pos) in enumerate(rows):
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = 1 if i in outputs else 0
+                positions = list(range(feed.start, feed.end))
+                if self.stock_head:
+                    ids.extend(req.prompt[feed.start:feed.end, 0].tolist())
+                else:
+                    emb_parts.append(req.state[feed.start:feed.end])
+            for pos in positions:
+                batch.pos[n] = pos
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = req.slot
+                batch.logits[n] = 0
+                n += 1
+            if feed.start < 0 or feed.end == req.prompt_len:
+                feed.output = n - 1
+                batch.logits[n - 1] = 1
         batch.n_tokens = n
         if self.stock_head:
             for i, t in enumerate(ids):
                 batch.token[i] = t
-            return None
+            return n, None
         emb = np.ascontiguousarray(torch.cat(emb_parts).numpy(), dtype=np.float32)
         ctypes.memmove(batch.embd, emb.ctypes.data, emb.nbytes)
-        return emb
+        return n, emb
 
     def _sample_stock(self, entries: list[tuple[Request, int]]) -> None:
         lib = self._lib
@@ -312,6 +337,29 @@ class LlamaCppBackend(WorkerBackend):
         if self._model:
             lib.llama_model_free(self._model)
             self._model = None
+
+
+@dataclass
+class _Feed:
+    """What one request puts into a decode batch: its last token (`start` -1) or prompt positions start..end."""
+
+    req: Request
+    start: int
+    end: int
+    output: int = -1  # batch index of the position whose logits / hidden state are read, if any
+
+
+@functools.cache
+def _warn_about_openmp(lib: Any) -> None:
+    """Say once when llama.cpp was built with OpenMP, which makes its decode slow in a process that also runs torch.
+
+    torch ships the same libgomp, and once two threads own OpenMP teams (torch's on the thread that loaded the
+    model, llama.cpp's on the worker), libgomp counts more threads than cores and stops spinning at barriers: every
+    one of a step's barriers becomes a sleep and a wake-up.
+    """
+    if b"OPENMP = 1" in lib.llama_print_system_info():
+        log.warning("llama-cpp-python was built with OpenMP, which runs slower beside torch; rebuild it with "
+                    "CMAKE_ARGS=\"-DGGML_OPENMP=OFF\" pip install --force-reinstall --no-cache-dir llama-cpp-python")
 
 
 def _quiet_llama_logs() -> None:
