@@ -12,12 +12,12 @@ import sys
 from setuptools import Extension, setup
 
 KERNELS = "fast_tts/kernels/"
-SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "f32_matmul.c", "decode_ops.c"]
+SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "f32_matmul.c", "decode_step.c", "decode_ops.c", "decode_f32.c"]
 
 native = Extension(
     "fast_tts.kernels._native",
     sources=[KERNELS + name for name in SOURCES],
-    depends=[KERNELS + "fast_tts_kernels.h"],
+    depends=[KERNELS + "fast_tts_kernels.h", KERNELS + "fast_tts_simd.h"],
     include_dirs=[KERNELS],
     extra_compile_args=["-O3", "-pthread"],
     extra_link_args=["-pthread"],

@@ -219,6 +219,38 @@ def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig, threads: i
     torch.testing.assert_close(cache.v.float(), want_cache[1].float(), rtol=2**-7, atol=2**-7)
 
 
+@needs_kernel
+@pytest.mark.parametrize(
+    "cfg",
+    [DecoderConfig(128, 256, 2, 4, 4), DecoderConfig(128, 320, 2, 4, 2, qkv_bias=True)],  # Llama; Qwen2-like GQA
+    ids=["llama", "qwen2-gqa"],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_native_float32_decode_step_equals_the_torch_step(cfg: DecoderConfig, threads: int, monkeypatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    model = _random_decoder(cfg, seed=1).float()
+    pack_linears(model)
+    cache = model.new_cache(5, 32, torch.float32)
+    batch, rows = 3, slice(1, 4)
+    with torch.no_grad():
+        model(torch.randn(batch, 9, cfg.hidden_size), torch.arange(9).repeat(batch, 1), cache, rows=rows)
+        decoder = model.native_decoder(cache)
+        assert decoder is not None
+        x = torch.randn(batch, 1, cfg.hidden_size)
+        positions = torch.tensor([[9], [4], [7]])
+        saved = cache.k.clone(), cache.v.clone()
+        want = model(x, positions, cache, rows=rows, kv_len=10)
+        want_cache = cache.k.clone(), cache.v.clone()
+        cache.k.copy_(saved[0])
+        cache.v.copy_(saved[1])
+        got = decoder(x, positions, rows)
+    assert got.dtype == torch.float32
+    # the same float32 formulas with sums in another order: a few float32 ulps
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.k, want_cache[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v, want_cache[1], rtol=1e-5, atol=1e-5)
+
+
 def _step_inputs(cfg: DecoderConfig, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 1, cfg.hidden_size, generator=g).to(torch.bfloat16)
@@ -281,7 +313,7 @@ def test_native_decoder_refuses_what_it_cannot_run() -> None:
     assert plain.native_decoder(plain.new_cache(1, 8, torch.bfloat16)) is None
     tiled = _random_decoder(cfg, seed=2)
     pack_linears(tiled)
-    assert tiled.native_decoder(tiled.new_cache(1, 8, torch.float32)) is None  # the kernels read a bf16 cache
+    assert tiled.native_decoder(tiled.new_cache(1, 8, torch.float32)) is None  # the cache is not in the weights' dtype
     decoder = tiled.native_decoder(tiled.new_cache(1, 8, torch.bfloat16))
     assert decoder is not None
     with pytest.raises(ValueError, match="past the KV cache"):

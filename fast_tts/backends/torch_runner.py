@@ -2,8 +2,8 @@
 sampler's per-row state, each row's last token and position) and executes the steps the scheduler plans.
 
 On CPU the decoder's linear layers are swapped for packed ones (`fast_tts.kernels.linear.pack_linears`): bf16 and
-float32 weights go to our tiled kernels where the CPU runs them, everything else to oneDNN's prepacked layout; bf16
-decode steps then run in one native call (`Transformer.native_decoder`) over a bf16 cache.
+float32 weights go to our tiled kernels where the CPU runs them, everything else to oneDNN's prepacked layout; decode
+steps then run in one native call (`Transformer.native_decoder`) over a cache in the weights' dtype.
 `compile=True` wraps the decoder in `torch.compile(dynamic=True)` (and then skips the manual packing): off by default,
 because on a 2-core CPU the first step took minutes to compile and later steps ran slower than eager. Worth trying
 on a GPU.
@@ -68,8 +68,9 @@ class TorchRunner:
         if pack_weights:
             pack_linears(self.model)
         self.packed = _packed(self.model)
-        # On CPU a bf16 cache (half the bytes each step reads) goes with the native decode step, and torch attention
-        # widens it to float32; without the native step the cache is float32, where CPU SDPA is fastest.
+        # On CPU a bf16 cache (half the bytes each step reads) goes with the native bf16 decode step, and torch
+        # attention widens it to float32; otherwise the cache is float32, where CPU SDPA is fastest (and where the
+        # native float32 decode step runs).
         if kv_dtype is None:
             native = not compile and self.model.native_decoder(self.model.new_cache(1, 2, torch.bfloat16)) is not None
             kv_dtype = self.dtype if self.device.type != "cpu" or native else torch.float32

@@ -1,11 +1,12 @@
-"""A whole decode step of a bf16 Llama/Qwen2 decoder on CPU in one native call (`decode_ops.c`).
+"""A whole decode step of a bf16 or float32 Llama/Qwen2 decoder on CPU in one native call (`decode_step.c`).
 
 A decode step (one new position per row) is, per layer, four matmuls and about fifty small tensor operations whose
-dispatch cost about a third of a batch-1 step. `DecodeStep` runs the same step as one call: the tiled bf16 matmuls,
-the norms, rotary embedding and cache write, attention over the bf16 cache, and SwiGLU, on the library's own thread
-pool, with work buffers reused across steps. It rounds to bf16 where the torch code of models/transformer.py does,
-so the two agree to bf16 rounding (tests/test_native_kernels.py). This file knows tensors and kernels, not models:
-the decoder describes itself with `DecoderShape` and one `DecodeLayer` per layer.
+dispatch cost about a third of a batch-1 step. `DecodeStep` runs the same step as one call: the tiled matmuls, the
+norms, rotary embedding and cache write, attention over the cache, and SwiGLU, on the library's own thread pool,
+with work buffers reused across steps. In bf16 it rounds to bf16 where the torch code of models/transformer.py does,
+so the two agree to bf16 rounding; in float32 they agree to float32 rounding (tests/test_native_kernels.py). This
+file knows tensors and kernels, not models: the decoder describes itself with `DecoderShape` and one `DecodeLayer`
+per layer, all in one dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fast_tts.kernels import Native, native
-from fast_tts.kernels.linear import TiledBF16Linear
+from fast_tts.kernels.linear import TILED, TiledBF16Linear, TiledF32Linear
 
 _BUFFERS = ("normed", "qkv", "attended", "projected", "gate_up", "activated", "q", "scores")
 
@@ -36,38 +37,41 @@ class DecoderShape:
 
 @dataclass(frozen=True)
 class DecodeLayer:
-    """One layer's bf16 norm weights, tiled linears (qkv fused, gate and up fused) and its bf16 cache
-    (max_rows, kv_heads, max_seq, head_dim)."""
+    """One layer's norm weights, tiled linears (qkv fused, gate and up fused) and its cache
+    (max_rows, kv_heads, max_seq, head_dim), all bf16 or all float32."""
 
     input_norm: torch.Tensor
     post_norm: torch.Tensor
-    qkv: TiledBF16Linear
-    o: TiledBF16Linear
-    gate_up: TiledBF16Linear
-    down: TiledBF16Linear
+    qkv: TiledBF16Linear | TiledF32Linear
+    o: TiledBF16Linear | TiledF32Linear
+    gate_up: TiledBF16Linear | TiledF32Linear
+    down: TiledBF16Linear | TiledF32Linear
     k_cache: torch.Tensor
     v_cache: torch.Tensor
 
     @property
-    def linears(self) -> tuple[TiledBF16Linear, ...]:
+    def linears(self) -> tuple[TiledBF16Linear | TiledF32Linear, ...]:
         return self.qkv, self.o, self.gate_up, self.down
 
 
 def fits(shape: DecoderShape, layers: Sequence[DecodeLayer], final_norm: torch.Tensor) -> bool:
-    """True when the step can run this decoder here: bf16 kernels on this CPU, unpadded tiled bf16 linears, bf16
-    norms and caches on CPU, and a head size and grouping the kernel handles."""
+    """True when the step can run this decoder here: one dtype (bf16 or float32, the final norm's) whose kernels
+    run on this CPU, unpadded tiled linears of that dtype, norms and caches of that dtype on CPU, and a head size
+    and grouping the kernel handles."""
     lib = native()
+    dtype = final_norm.dtype
     tensors = [final_norm] + [t for layer in layers for t in (layer.input_norm, layer.post_norm, layer.k_cache,
                                                                 layer.v_cache)]
     return (
         lib is not None
-        and lib.bf16
+        and dtype in TILED
+        and TILED[dtype].runs_on(lib)
         and all(
-            isinstance(m, TiledBF16Linear) and m.padded_features == m.out_features and not m.float_out
+            type(m) is TILED[dtype] and m.padded_features == m.out_features and not getattr(m, "float_out", False)
             for layer in layers
             for m in layer.linears
         )
-        and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
+        and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
         and shape.head_dim <= lib.lib.FAST_TTS_MAX_HEAD_DIM
         and shape.head_dim % 2 == 0
         and shape.heads % shape.kv_heads == 0
@@ -83,6 +87,7 @@ class DecodeStep:
             raise ValueError("the native decode step cannot run this decoder here")
         self._native: Native = lib
         self.shape = shape
+        self.dtype = final_norm.dtype
         self.max_seq = layers[0].k_cache.shape[2] if layers else 0
         self._keep = (list(layers), final_norm.contiguous())  # the pointers below stay valid while these live
         ffi = lib.ffi
@@ -101,6 +106,7 @@ class DecodeStep:
         a.hidden_size, a.inner, a.heads = shape.hidden, shape.inner, shape.heads
         a.kv_heads, a.head_dim, a.max_seq = shape.kv_heads, shape.head_dim, self.max_seq
         a.eps, a.scale = shape.eps, 1.0 / math.sqrt(shape.head_dim)
+        a.float32 = int(self.dtype == torch.float32)
         self._buffers: dict[int, tuple[dict[str, torch.Tensor], object]] = {}
 
     def _buffers_for(self, batch: int) -> object:
@@ -108,14 +114,14 @@ class DecodeStep:
         found = self._buffers.get(batch)
         if found is None:
             s = self.shape
-            bf16, f32 = torch.bfloat16, torch.float32
+            act, f32 = self.dtype, torch.float32
             tensors = {
-                "normed": torch.empty(batch, s.hidden, dtype=bf16),
-                "qkv": torch.empty(batch, (s.heads + 2 * s.kv_heads) * s.head_dim, dtype=bf16),
-                "attended": torch.empty(batch, s.heads * s.head_dim, dtype=bf16),
-                "projected": torch.empty(batch, s.hidden, dtype=bf16),
-                "gate_up": torch.empty(batch, 2 * s.inner, dtype=bf16),
-                "activated": torch.empty(batch, s.inner, dtype=bf16),
+                "normed": torch.empty(batch, s.hidden, dtype=act),
+                "qkv": torch.empty(batch, (s.heads + 2 * s.kv_heads) * s.head_dim, dtype=act),
+                "attended": torch.empty(batch, s.heads * s.head_dim, dtype=act),
+                "projected": torch.empty(batch, s.hidden, dtype=act),
+                "gate_up": torch.empty(batch, 2 * s.inner, dtype=act),
+                "activated": torch.empty(batch, s.inner, dtype=act),
                 "q": torch.empty(batch, s.heads, s.head_dim, dtype=f32),
                 "scores": torch.empty(batch * s.heads * self.max_seq, dtype=f32),
             }
@@ -128,16 +134,16 @@ class DecodeStep:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor,
                  positions: torch.Tensor) -> torch.Tensor:
-        """Final-norm hidden states (B, H) bf16 for inputs `x` (B, H) at `positions` (B,) in cache `rows` (B,);
-        `cos` / `sin` (B, head_dim) are the rotary tables at those positions."""
+        """Final-norm hidden states (B, H) in the step's dtype for inputs `x` (B, H) at `positions` (B,) in cache
+        `rows` (B,); `cos` / `sin` (B, head_dim) are the rotary tables at those positions."""
         batch = x.shape[0]
         if batch and int(positions.max()) >= self.max_seq:
             raise ValueError(f"position {int(positions.max())} is past the KV cache length {self.max_seq}")
         lib = self._native
-        hidden = x.reshape(batch, self.shape.hidden).to(torch.bfloat16).clone()
-        out = torch.empty(batch, self.shape.hidden, dtype=torch.bfloat16)
-        cos = cos.to(torch.bfloat16).contiguous()
-        sin = sin.to(torch.bfloat16).contiguous()
+        hidden = x.reshape(batch, self.shape.hidden).to(self.dtype).clone()
+        out = torch.empty(batch, self.shape.hidden, dtype=self.dtype)
+        cos = cos.to(self.dtype).contiguous()
+        sin = sin.to(self.dtype).contiguous()
         rows = rows.to(torch.int64).contiguous()
         positions = positions.to(torch.int64).contiguous()
         a = self._args

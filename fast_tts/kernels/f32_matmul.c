@@ -57,29 +57,36 @@ typedef struct {
     int64_t m, n, k;
 } matmul_job;
 
-static void matmul_thread(void *arg, int id, int threads) {
-    const matmul_job *job = arg;
-    int64_t tiles = job->n / TILE, first = tiles * id / threads, last = tiles * (id + 1) / threads;
+/* Tiles first..last-1 of fast_tts_matmul_f32's product. */
+void fast_tts_matmul_f32_tile_range(const float *x, const float *packed, const float *bias, float *y, int64_t m,
+                                    int64_t n, int64_t k, int64_t first, int64_t last) {
     for (int64_t t = first; t < last; t++) {
-        const float *tile = job->packed + t * TILE * job->k;
-        const float *tile_bias = job->bias ? job->bias + t * TILE : NULL;
-        for (int64_t row = 0; row < job->m; row += MAX_ROWS) {
-            int rows = (int)(job->m - row < MAX_ROWS ? job->m - row : MAX_ROWS);
-            const float *xr = job->x + row * job->k;
-            float *yr = job->y + row * job->n + t * TILE;
+        const float *tile = packed + t * TILE * k;
+        const float *tile_bias = bias ? bias + t * TILE : NULL;
+        for (int64_t row = 0; row < m; row += MAX_ROWS) {
+            int rows = (int)(m - row < MAX_ROWS ? m - row : MAX_ROWS);
+            const float *xr = x + row * k;
+            float *yr = y + row * n + t * TILE;
             /* constant row counts let the compiler keep every accumulator in a register */
             switch (rows) {
-                case 8: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 8); break;
-                case 7: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 7); break;
-                case 6: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 6); break;
-                case 5: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 5); break;
-                case 4: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 4); break;
-                case 3: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 3); break;
-                case 2: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 2); break;
-                default: tile_product_f32(xr, job->k, tile, tile_bias, yr, job->n, 1); break;
+                case 8: tile_product_f32(xr, k, tile, tile_bias, yr, n, 8); break;
+                case 7: tile_product_f32(xr, k, tile, tile_bias, yr, n, 7); break;
+                case 6: tile_product_f32(xr, k, tile, tile_bias, yr, n, 6); break;
+                case 5: tile_product_f32(xr, k, tile, tile_bias, yr, n, 5); break;
+                case 4: tile_product_f32(xr, k, tile, tile_bias, yr, n, 4); break;
+                case 3: tile_product_f32(xr, k, tile, tile_bias, yr, n, 3); break;
+                case 2: tile_product_f32(xr, k, tile, tile_bias, yr, n, 2); break;
+                default: tile_product_f32(xr, k, tile, tile_bias, yr, n, 1); break;
             }
         }
     }
+}
+
+static void matmul_thread(void *arg, int id, int threads) {
+    const matmul_job *job = arg;
+    int64_t tiles = job->n / TILE;
+    fast_tts_matmul_f32_tile_range(job->x, job->packed, job->bias, job->y, job->m, job->n, job->k,
+                                   tiles * id / threads, tiles * (id + 1) / threads);
 }
 
 /* y (m, n) = x (m, k) @ weight.T (+ bias, may be NULL), all float32; weight packed by fast_tts_pack_f32. */

@@ -36,17 +36,22 @@ void fast_tts_pack_f32(const float *weight, float *packed, int64_t n, int64_t k)
 void fast_tts_matmul_f32(const float *x, const float *packed, const float *bias, float *y, int64_t m, int64_t n,
                          int64_t k, int threads);
 
-/* decode_ops.c: one decoder layer's weights (packed by fast_tts_pack_bf16; biases float32 or NULL) and its cache. */
+/* f32_matmul.c: tiles first..last-1 of fast_tts_matmul_f32's product, on the calling thread. */
+void fast_tts_matmul_f32_tile_range(const float *x, const float *packed, const float *bias, float *y, int64_t m,
+                                    int64_t n, int64_t k, int64_t first, int64_t last);
+
+/* decode_step.c: one decoder layer's weights (packed by fast_tts_pack_bf16 or fast_tts_pack_f32; biases float32
+ * or NULL) and its cache. Element pointers hold bf16 (as uint16) or float32, as the step's `float32` flag says. */
 typedef struct {
-    const uint16_t *input_norm, *post_norm;
-    const uint16_t *qkv, *o, *gate_up, *down;
+    const void *input_norm, *post_norm;
+    const void *qkv, *o, *gate_up, *down;
     const float *qkv_bias, *o_bias, *gate_up_bias, *down_bias;
-    uint16_t *k_cache, *v_cache;
+    void *k_cache, *v_cache;
 } fast_tts_layer;
 
-/* Work buffers of one step, sized for `batch` rows (scores: batch * heads * max_seq floats). */
+/* Work buffers of one step, sized for `batch` rows (scores: batch * heads * max_seq floats; q is float32). */
 typedef struct {
-    uint16_t *normed, *qkv, *attended, *projected, *gate_up, *activated;
+    void *normed, *qkv, *attended, *projected, *gate_up, *activated;
     float *q, *scores;
 } fast_tts_step_buffers;
 
@@ -54,19 +59,42 @@ typedef struct {
 typedef struct {
     const fast_tts_layer *layers;
     int64_t n_layers;
-    const uint16_t *final_norm;
-    uint16_t *hidden;     /* (batch, hidden_size) input, overwritten by the residual stream */
-    uint16_t *out;        /* (batch, hidden_size) final-norm hidden states */
-    const uint16_t *cos, *sin; /* (batch, head_dim) rotary tables at each row's position */
+    const void *final_norm;
+    void *hidden;         /* (batch, hidden_size) input, overwritten by the residual stream */
+    void *out;            /* (batch, hidden_size) final-norm hidden states */
+    const void *cos, *sin;     /* (batch, head_dim) rotary tables at each row's position */
     const int64_t *rows;       /* (batch,) the cache row of each activation row */
     const int64_t *positions;  /* (batch,) each row's new position */
     const fast_tts_step_buffers *buffers;
     int64_t batch, hidden_size, inner, heads, kv_heads, head_dim, max_seq;
     float eps, scale;
     int threads;
+    int float32;          /* 0: bf16 weights, activations and cache (decode_ops.c); 1: float32 (decode_f32.c) */
 } fast_tts_decode_args;
 
 void fast_tts_decode_step(const fast_tts_decode_args *args);
 /* END DECLARATIONS */
+
+#include <stddef.h>
+
+/* The element-type parts of a decode step, which decode_step.c runs in a fixed order; `matmul` computes tiles
+ * first..last-1 of the product. */
+typedef struct {
+    size_t element; /* bytes per activation element */
+    void (*add)(void *hidden, const void *delta, int64_t n);
+    void (*rms_norm)(const void *x, const void *weight, void *out, int64_t rows, int64_t dim, float eps);
+    void (*matmul)(const void *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n, int64_t k,
+                   int64_t first, int64_t last);
+    void (*rope_store)(const void *qkv, const void *cos, const void *sin, float *q_out, void *k_cache, void *v_cache,
+                       const int64_t *rows, const int64_t *positions, int64_t batch, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, int64_t max_seq);
+    void (*attend_one)(const float *q, const void *k_cache, const void *v_cache, const int64_t *rows,
+                       const int64_t *positions, void *out, float *scores, int64_t task, int64_t heads,
+                       int64_t kv_heads, int64_t head_dim, int64_t max_seq, float scale);
+    void (*silu_mul)(const void *gate_up, void *out, int64_t rows, int64_t inner);
+} fast_tts_step_ops;
+
+extern const fast_tts_step_ops fast_tts_bf16_step_ops; /* decode_ops.c (AVX-512 BF16) */
+extern const fast_tts_step_ops fast_tts_f32_step_ops;  /* decode_f32.c (AVX-512 F) */
 
 #endif

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_tts.kernels.decode import DecodeLayer, DecoderShape, DecodeStep, fits
-from fast_tts.kernels.linear import TiledBF16Linear
 
 Rows = slice | torch.Tensor
 
@@ -280,9 +279,8 @@ class Transformer(nn.Module):
 
     def native_decoder(self, cache: KVCache) -> NativeDecoder | None:
         """Decode steps of this decoder over `cache` in one native call each, or None where the kernels cannot run
-        them (they need bf16 weights in tiled layers and a bf16 cache on CPU: see fast_tts.kernels.decode)."""
-        if not all(isinstance(m, TiledBF16Linear) for layer in self.layers for m in _linears(layer)):
-            return None
+        them (they need bf16 or float32 weights in tiled layers and a cache of that dtype on CPU: see
+        fast_tts.kernels.decode)."""
         cfg = self.config
         shape = DecoderShape(cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
                              cfg.dim_per_head, cfg.rms_norm_eps)
@@ -314,7 +312,7 @@ class NativeDecoder:
         batch = x.shape[0]
         if isinstance(rows, slice):
             rows = torch.arange(rows.start or 0, (rows.start or 0) + batch)
-        cos, sin = self.model.rope(positions, torch.bfloat16)
+        cos, sin = self.model.rope(positions, self.step.dtype)
         head_dim = self.step.shape.head_dim
         out = self.step(x.reshape(batch, -1), cos.reshape(batch, head_dim), sin.reshape(batch, head_dim), rows,
                         positions[:, 0])
