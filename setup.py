@@ -17,7 +17,7 @@ SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "f32_matmul.c", "decode_step.c
 native = Extension(
     "fast_tts.kernels._native",
     sources=[KERNELS + name for name in SOURCES],
-    depends=[KERNELS + "fast_tts_kernels.h", KERNELS + "fast_tts_simd.h"],
+    depends=[KERNELS + "fast_tts_kernels.h", KERNELS + "decode_ops.h"],
     include_dirs=[KERNELS],
     extra_compile_args=["-O3", "-pthread"],
     extra_link_args=["-pthread"],

@@ -184,6 +184,28 @@ def _random_decoder(cfg: DecoderConfig, seed: int) -> Transformer:
     return model.to(torch.bfloat16)
 
 
+def _native_and_torch_step(model: Transformer, dtype: torch.dtype):
+    """One decode step of 3 rows of a 5-row cache at different lengths (stale keys beyond must be ignored), natively
+    and through the torch code from the same cache: (native out, torch out, cache after native, cache after torch)."""
+    pack_linears(model)
+    hidden = model.config.hidden_size
+    cache = model.new_cache(5, 32, dtype)
+    batch, rows = 3, slice(1, 4)
+    with torch.no_grad():
+        model(torch.randn(batch, 9, hidden).to(dtype), torch.arange(9).repeat(batch, 1), cache, rows=rows)
+        decoder = model.native_decoder(cache)
+        assert decoder is not None
+        x = torch.randn(batch, 1, hidden).to(dtype)
+        positions = torch.tensor([[9], [4], [7]])
+        saved = cache.k.clone(), cache.v.clone()
+        want = model(x, positions, cache, rows=rows, kv_len=10)
+        want_cache = cache.k.clone(), cache.v.clone()
+        cache.k.copy_(saved[0])
+        cache.v.copy_(saved[1])
+        got = decoder(x, positions, rows)
+    return got, want, cache, want_cache
+
+
 @needs_kernel
 @pytest.mark.parametrize(
     "cfg",
@@ -193,23 +215,7 @@ def _random_decoder(cfg: DecoderConfig, seed: int) -> Transformer:
 @pytest.mark.parametrize("threads", [1, 2, 3])  # 3: more threads than this machine's cores must still be right
 def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig, threads: int, monkeypatch) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what the decoder asks for its thread count
-    model = _random_decoder(cfg, seed=1)
-    pack_linears(model)
-    cache = model.new_cache(5, 32, torch.bfloat16)
-    batch, rows = 3, slice(1, 4)
-    with torch.no_grad():
-        model(torch.randn(batch, 9, cfg.hidden_size).to(torch.bfloat16), torch.arange(9).repeat(batch, 1), cache,
-              rows=rows)
-        decoder = model.native_decoder(cache)
-        assert decoder is not None
-        x = torch.randn(batch, 1, cfg.hidden_size).to(torch.bfloat16)
-        positions = torch.tensor([[9], [4], [7]])  # rows at different lengths (stale keys beyond must be ignored)
-        saved = cache.k.clone(), cache.v.clone()
-        want = model(x, positions, cache, rows=rows, kv_len=10)
-        want_cache = cache.k.clone(), cache.v.clone()
-        cache.k.copy_(saved[0])
-        cache.v.copy_(saved[1])
-        got = decoder(x, positions, rows)
+    got, want, cache, want_cache = _native_and_torch_step(_random_decoder(cfg, seed=1), torch.bfloat16)
     # same rounding points as the torch code: equal up to float32 summation order, i.e. at most a bf16 step or two
     torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
     torch.testing.assert_close(cache.k.float(), want_cache[0].float(), rtol=2**-7, atol=2**-7)
@@ -228,22 +234,7 @@ def test_native_decode_step_equals_the_torch_step(cfg: DecoderConfig, threads: i
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_native_float32_decode_step_equals_the_torch_step(cfg: DecoderConfig, threads: int, monkeypatch) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    model = _random_decoder(cfg, seed=1).float()
-    pack_linears(model)
-    cache = model.new_cache(5, 32, torch.float32)
-    batch, rows = 3, slice(1, 4)
-    with torch.no_grad():
-        model(torch.randn(batch, 9, cfg.hidden_size), torch.arange(9).repeat(batch, 1), cache, rows=rows)
-        decoder = model.native_decoder(cache)
-        assert decoder is not None
-        x = torch.randn(batch, 1, cfg.hidden_size)
-        positions = torch.tensor([[9], [4], [7]])
-        saved = cache.k.clone(), cache.v.clone()
-        want = model(x, positions, cache, rows=rows, kv_len=10)
-        want_cache = cache.k.clone(), cache.v.clone()
-        cache.k.copy_(saved[0])
-        cache.v.copy_(saved[1])
-        got = decoder(x, positions, rows)
+    got, want, cache, want_cache = _native_and_torch_step(_random_decoder(cfg, seed=1).float(), torch.float32)
     assert got.dtype == torch.float32
     # the same float32 formulas with sums in another order: a few float32 ulps
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -3,8 +3,8 @@
 Decode on CPU is bound by how fast the weights stream from memory; oneDNN's prepacked paths read them at about half
 the bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight strictly in sequence with AVX-512 BF16 and
 reaches the read bandwidth (`f32_matmul.c` is its float32 twin, needing AVX-512 F only); `decode_step.c` runs a
-whole decode step of a Llama/Qwen2 decoder in one call, with the operations of `decode_ops.c` (bf16) or
-`decode_f32.c` (float32); `pool.c` is their thread pool. `linear.py` swaps `nn.Linear` layers for these kernels,
+whole decode step of a Llama/Qwen2 decoder in one call, with the operations of `decode_ops.h` for bf16
+(`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool. `linear.py` swaps `nn.Linear` layers for these kernels,
 `decode.py` drives the decode step.
 
 Shipping: the C files are compiled when the package is installed (setup.py builds them as the extension
