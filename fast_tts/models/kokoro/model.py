@@ -14,7 +14,8 @@ from fast_tts.models.kokoro.files import MAX_TOKENS, SAMPLE_RATE, KokoroFiles
 class KokoroModel:
     """Kokoro-82M on onnxruntime; `synthesize` is thread-safe. A call that starts while no other runs gets `threads`
     intra-op threads (a lone request waits less); calls that overlap run on one thread each, which keeps the
-    throughput of concurrent requests (a shared multi-thread pool loses some to contention)."""
+    throughput of concurrent requests (a shared multi-thread pool loses some to contention). The one-thread session
+    is built when calls first overlap, so a process that never overlaps (the CLI) loads the model once."""
 
     sample_rate = SAMPLE_RATE
 
@@ -35,11 +36,13 @@ class KokoroModel:
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
                 raise ModelLoadError(f"cannot load the Kokoro ONNX model: {exc}") from exc
 
-        self._narrow = session(1)
-        self._wide = session(threads) if threads > 1 else self._narrow
+        self._session = session
+        self._wide = session(threads)
+        self._narrow = self._wide if threads == 1 else None
         self._running = 0
         self._lock = threading.Lock()
-        names = {i.name for i in self._narrow.get_inputs()}
+        self._narrow_lock = threading.Lock()  # held while the one-thread session is built
+        names = {i.name for i in self._wide.get_inputs()}
         if names != {"tokens", "style", "speed"}:
             raise ModelLoadError(f"the Kokoro ONNX model has inputs {sorted(names)}, expected tokens, style, speed")
         self.vocab = files.vocab
@@ -64,11 +67,18 @@ class KokoroModel:
             "speed": np.array([speed], dtype=np.float32),
         }
         with self._lock:
-            session = self._narrow if self._running else self._wide
+            overlapping = self._running > 0
             self._running += 1
         try:
-            audio = session.run(None, inputs)[0]
+            audio = (self._narrow_session() if overlapping else self._wide).run(None, inputs)[0]
         finally:
             with self._lock:
                 self._running -= 1
         return np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+
+    def _narrow_session(self) -> Any:
+        """The one-thread session for overlapping calls, built by the first of them."""
+        with self._narrow_lock:
+            if self._narrow is None:
+                self._narrow = self._session(1)
+        return self._narrow
