@@ -171,14 +171,11 @@ class LlamaCppBackend(WorkerBackend):
             req.state = None
         elif req in self._rows:
             row = self._rows.index(req)
-            last = len(self._rows) - 1
-            if row != last:
-                moved = self._rows[last]
-                self.sampler.move_row(last, row, moved.generated)
-                self._rows[row] = moved
+            moved = _fill_hole(self._rows, row)
+            if moved is not None:
+                self.sampler.move_row(len(self._rows), row, moved.generated)
             else:
                 self.sampler.clear_row(row)
-            self._rows.pop()
 
     def _compact(self, req: Request) -> None:
         """Free `req`'s sequence and move the highest one into it, so the occupied ids stay 0 .. n-1.
@@ -190,12 +187,11 @@ class LlamaCppBackend(WorkerBackend):
         lib, memory = self._lib, self._memory
         hole = req.slot
         lib.llama_memory_seq_rm(memory, hole, -1, -1)
-        last = self._by_slot.pop()
-        if last is not req:
-            lib.llama_memory_seq_cp(memory, last.slot, hole, -1, -1)
-            lib.llama_memory_seq_rm(memory, last.slot, -1, -1)
-            last.slot = hole
-            self._by_slot[hole] = last
+        moved = _fill_hole(self._by_slot, hole)
+        if moved is not None:
+            lib.llama_memory_seq_cp(memory, moved.slot, hole, -1, -1)
+            lib.llama_memory_seq_rm(memory, moved.slot, -1, -1)
+            moved.slot = hole
         req.slot = -1
 
     def _sampler_chain(self, params: SamplingParams) -> Any:
@@ -337,6 +333,15 @@ class LlamaCppBackend(WorkerBackend):
         if self._model:
             lib.llama_model_free(self._model)
             self._model = None
+
+
+def _fill_hole(items: list[Request], index: int) -> Request | None:
+    """Remove items[index] by moving the last item into its place; the moved item, or None when it was the last."""
+    last = items.pop()
+    if index == len(items):
+        return None
+    items[index] = last
+    return last
 
 
 @dataclass
