@@ -40,8 +40,20 @@ def test_the_installed_kernels_load_wherever_the_cpu_runs_them() -> None:
         assert lib is not None and lib.float32
     if lib is not None:
         assert lib.bf16 == ("avx512_bf16" in _cpu_flags())
+        assert lib.amx == (lib.bf16 and {"amx_tile", "amx_bf16"} <= _cpu_flags())
         header = kernels.HEADER.read_text()
         assert f"#define FAST_TTS_TILE {lib.lib.FAST_TTS_TILE} " in header  # cffi read the shipped header
+
+
+@pytest.fixture(params=["vector", "amx"])
+def bf16_path(request: pytest.FixtureRequest):
+    """Run a bf16 test with the products on the vector kernel, then on AMX tiles where the CPU has them."""
+    lib = kernels.native()
+    if request.param == "amx" and not lib.amx:
+        pytest.skip("this CPU (or its OS) gives no AMX tiles")
+    lib.lib.fast_tts_use_amx(int(request.param == "amx"))
+    yield request.param
+    lib.lib.fast_tts_use_amx(int(lib.amx))
 
 
 def _reference(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
@@ -51,6 +63,7 @@ def _reference(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
 
 
 @needs_kernel
+@pytest.mark.usefixtures("bf16_path")
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 64])
 @pytest.mark.parametrize(
     ("out_features", "in_features", "bias"), [(32, 2, False), (96, 64, True), (2304, 768, True), (45, 16, True)]
@@ -85,6 +98,7 @@ def test_tiled_float32_linear_matches_a_float64_product(rows: int, out_features:
 
 
 @needs_kernel
+@pytest.mark.usefixtures("bf16_path")
 def test_tiled_linear_takes_batched_and_strided_inputs() -> None:
     lin = nn.Linear(64, 96).to(torch.bfloat16)
     layer = TiledBF16Linear(lin)
@@ -207,6 +221,7 @@ def _native_and_torch_step(model: Transformer, dtype: torch.dtype):
 
 
 @needs_kernel
+@pytest.mark.usefixtures("bf16_path")
 @pytest.mark.parametrize(
     "cfg",
     [DecoderConfig(128, 256, 2, 4, 4), DecoderConfig(128, 320, 2, 4, 2, qkv_bias=True)],  # Llama; Qwen2-like GQA
@@ -331,6 +346,7 @@ async def test_backend_tokens_agree_with_and_without_the_native_path() -> None:
 
 
 @needs_kernel
+@pytest.mark.usefixtures("bf16_path")
 @pytest.mark.parametrize("rows", [1, 3, 11])
 def test_float_output_keeps_the_float32_sums(rows: int) -> None:
     lin = nn.Linear(96, 64).to(torch.bfloat16)
@@ -339,6 +355,19 @@ def test_float_output_keeps_the_float32_sums(rows: int) -> None:
         got = TiledBF16Linear(lin, float_out=True)(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, _reference(x, lin), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("bf16_path")
+def test_a_rows_product_does_not_depend_on_the_rows_beside_it() -> None:
+    """Batch invariance: a row's product is bit-equal alone and in any batch (AMX takes 16 rows per tile)."""
+    torch.manual_seed(3)
+    layer = TiledBF16Linear(nn.Linear(96, 64).to(torch.bfloat16), float_out=True)
+    x = torch.randn(40, 96).to(torch.bfloat16)
+    with torch.no_grad():
+        alone = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])
+        assert torch.equal(layer(x), alone)
+        assert torch.equal(layer(x[5:30]), alone[5:30])
 
 
 @needs_kernel

@@ -2,8 +2,9 @@
 
 Decode on CPU is bound by how fast the weights stream from memory; oneDNN's prepacked paths read them at about half
 the bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight strictly in sequence with AVX-512 BF16 and
-reaches the read bandwidth (`f32_matmul.c` is its float32 twin, needing AVX-512 F only); `decode_step.c` runs a
-whole decode step of a Llama/Qwen2 decoder in one call, with the operations of `decode_ops.h` for bf16
+reaches the read bandwidth (`amx_matmul.c` computes the same product with AMX tiles where the CPU has them, so that a
+batch of rows costs what one row does; `f32_matmul.c` is the float32 twin, needing AVX-512 F only); `decode_step.c`
+runs a whole decode step of a Llama/Qwen2 decoder in one call, with the operations of `decode_ops.h` for bf16
 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool. `linear.py` swaps `nn.Linear` layers
 for these kernels, `decode.py` drives the decode step.
 
@@ -50,6 +51,11 @@ class Native:
         """The bf16 matmul kernel and the decode step can run here."""
         return bool(self.features & self.lib.FAST_TTS_CPU_AVX512BF16)
 
+    @property
+    def amx(self) -> bool:
+        """bf16 products run through AMX tiles here (`amx_matmul.c`; on from load wherever the CPU has them)."""
+        return bool(self.features & self.lib.FAST_TTS_CPU_AMXBF16)
+
     def ptr(self, address: int | None) -> Any:
         """A `void *` for a tensor's `data_ptr()` (None: NULL)."""
         return self.ffi.NULL if address is None else self.ffi.cast("void *", address)
@@ -79,6 +85,7 @@ def native() -> Native | None:
         ffi.cdef(declarations())
         lib = ffi.dlopen(_native.__file__)
         features = int(lib.fast_tts_cpu_features())
+        lib.fast_tts_use_amx(int(bool(features & lib.FAST_TTS_CPU_AMXBF16)))
     except Exception as exc:
         log.info("native kernels: not available in this install (%s: %s); using torch", type(exc).__name__, exc)
         return None

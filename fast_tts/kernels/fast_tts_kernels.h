@@ -16,6 +16,7 @@
 /* Bits of fast_tts_cpu_features(): what the running CPU can execute. */
 #define FAST_TTS_CPU_AVX512F 1    /* the float32 kernels */
 #define FAST_TTS_CPU_AVX512BF16 2 /* the bf16 kernels and decode steps (with AVX-512 F, BW and VL) */
+#define FAST_TTS_CPU_AMXBF16 4    /* bf16 products through AMX tiles (amx_matmul.c), the OS permitting */
 
 int fast_tts_cpu_features(void);
 
@@ -30,6 +31,9 @@ void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float
                           int64_t k, int float_out, int threads);
 void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
+/* bf16 products through AMX tiles where k % 32 == 0 (on = 1, and the CPU has FAST_TTS_CPU_AMXBF16) or through the
+ * vector kernel (on = 0, the default); returns 1 when AMX is now in use. */
+int fast_tts_use_amx(int on);
 
 /* f32_matmul.c */
 void fast_tts_pack_f32(const float *weight, float *packed, int64_t n, int64_t k);
@@ -76,6 +80,13 @@ void fast_tts_decode_step(const fast_tts_decode_args *args);
 /* END DECLARATIONS */
 
 #include <stddef.h>
+
+#if defined(__linux__) && defined(__x86_64__)
+#define FAST_TTS_AMX 1 /* amx_matmul.c has its kernel: the tiles need Linux's permission call */
+void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
+                             int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
+#endif
+int fast_tts_amx_available(void); /* the CPU has AMX-BF16 and the OS lets this process use it (asking is idempotent) */
 
 /* The element-type parts of a decode step, which decode_step.c runs in a fixed order; `matmul` computes tiles
  * first..last-1 of the product. */
