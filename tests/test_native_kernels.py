@@ -12,7 +12,16 @@ import torch
 from torch import nn
 
 from fast_tts import kernels
-from fast_tts.kernels.linear import PackedLinear, TiledBF16Linear, TiledF32Linear, native_available, pack_linears
+from fast_tts.kernels.linear import (
+    PackedLinear,
+    TiledBF16Linear,
+    TiledF32Linear,
+    TiledInt8Linear,
+    _TiledLinear,
+    native_available,
+    pack_linears,
+    quantized_reference,
+)
 from fast_tts.models.transformer import DecoderConfig, Transformer
 
 
@@ -385,3 +394,80 @@ def test_g2p_head_runs_tiled_for_a_bf16_backend() -> None:
     assert isinstance(model._decode_head, TiledBF16Linear) and tiled.shape == plain.shape == (2, 1, 96)
     want = hidden.to(torch.bfloat16).float() @ model.embed_tokens.weight.to(torch.bfloat16).float().T
     torch.testing.assert_close(tiled[:, 0], want, rtol=1e-5, atol=1e-5)
+
+
+needs_int8 = pytest.mark.skipif(not (CAN_RUN and {"amx_tile", "amx_int8"} <= _cpu_flags()),
+                                reason="this CPU lacks AMX-INT8 (or is not x86-64 Linux)")
+
+
+@needs_int8
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 70])  # 17: two AMX row blocks; 70: two quantized chunks
+@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
+                                                                   (45, 192, True)])
+@pytest.mark.parametrize("float_out", [False, True])
+def test_int8_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
+                                                         float_out: bool) -> None:
+    """Per-row int8 weights and activations, exact int32 sums, float32 scaling: the kernel and `quantized_reference`
+    compute the same numbers, and a row's result is the same alone as in a batch."""
+    torch.manual_seed(rows + in_features)
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(rows, in_features).to(torch.bfloat16)
+    layer = TiledInt8Linear(lin, float_out=float_out)
+    with torch.no_grad():
+        got = layer(x)
+        want = quantized_reference(x, lin.weight, lin.bias)
+        assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
+        assert torch.equal(layer(x[-1:]), got[-1:])
+        # and close to the float product: int8 steps of both operands
+        torch.testing.assert_close(want, x.float() @ lin.weight.T + (lin.bias if bias else 0), rtol=0.05, atol=0.05)
+
+
+@needs_int8
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_int8_decode_step_equals_the_torch_step(threads: int, monkeypatch) -> None:
+    """Int8 linears (every in_features a multiple of 64) under the bf16 step: the torch code runs the same int8
+    products, so the two agree as the bf16 steps do."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    model = _random_decoder(DecoderConfig(128, 256, 2, 4, 2, qkv_bias=True), seed=4)
+    assert pack_linears(model, quantize="int8") == 8
+    assert all(isinstance(m, TiledInt8Linear) for m in model.modules() if isinstance(m, _TiledLinear))
+    got, want, cache, want_cache = _native_and_torch_step(model, torch.bfloat16)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(cache.k.float(), want_cache[0].float(), rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(cache.v[0], want_cache[1][0], rtol=0, atol=0)  # layer 0: the same int8 qkv product
+
+
+@needs_int8
+async def test_int8_backend_tokens_agree_with_and_without_the_native_step(monkeypatch) -> None:
+    from fast_tts.backends import create_backend
+    from fast_tts.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.7, max_new_tokens=12, seed=5, return_hidden=True)
+    prompt = torch.randint(0, 50, (9, 1), generator=torch.Generator().manual_seed(1))
+    results = []
+    for native_step in (True, False):
+        if not native_step:
+            monkeypatch.setattr(Transformer, "native_decoder", lambda self, cache: None)
+        b = create_backend("torch", _TinyLM(), max_batch=2, max_seq=64, dtype="bfloat16", quantize="int8")
+        try:
+            assert (b.runner.native is not None) is native_step
+            assert isinstance(b.runner.model.layers[0].mlp.down_proj, TiledInt8Linear)
+            results.append(await b.submit(prompt, params).collect())
+        finally:
+            await b.shutdown()
+    assert torch.equal(results[0].token_ids, results[1].token_ids)
+    torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=2e-2, atol=2e-2)
+
+
+def test_int8_is_refused_with_the_reason(monkeypatch) -> None:
+    from fast_tts.backends import create_backend, torch_runner
+    from fast_tts.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="one of int8, not 'int4'"):
+        create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int4")
+    with pytest.raises(InvalidInputError, match="pass dtype='bfloat16'"):
+        create_backend("torch", _TinyLM(), dtype="float32", quantize="int8")
+    monkeypatch.setattr(torch_runner, "int8_available", lambda: False)
+    with pytest.raises(InvalidInputError, match="AMX-INT8") as err:
+        create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int8")
+    assert err.value.field == "quantize"

@@ -54,6 +54,7 @@ class TorchBackend:
         pack_weights: bool | None = None,
         num_threads: int | None = None,
         kv_dtype: str | torch.dtype | None = None,
+        quantize: str | None = None,
     ) -> None:
         for name, value, low in (("max_batch", max_batch, 1), ("max_seq", max_seq, 2),
                                  ("prefill_chunk", prefill_chunk, 1)):
@@ -61,7 +62,8 @@ class TorchBackend:
                 raise InvalidInputError(f"{name} must be >= {low}", name)
         self.adapter = adapter
         self.max_batch, self.max_seq, self.prefill_chunk = max_batch, max_seq, prefill_chunk
-        self.runner = TorchRunner(adapter, max_batch, max_seq, dtype, device, compile, pack_weights, kv_dtype)
+        self.runner = TorchRunner(adapter, max_batch, max_seq, dtype, device, compile, pack_weights, kv_dtype,
+                                  quantize)
         self.scheduler = Scheduler(max_batch, max_seq, prefill_chunk)
         self.dtype, self.device = self.runner.dtype, self.runner.device
         self.num_codebooks, self.vocab_size = self.runner.num_codebooks, self.runner.vocab_size

@@ -19,7 +19,7 @@ import torch
 from fast_tts.backends.scheduler import PrefillChunk, StepPlan, StepResult
 from fast_tts.devices import resolve_dtype
 from fast_tts.errors import InvalidInputError
-from fast_tts.kernels.linear import pack_linears, packing_available
+from fast_tts.kernels.linear import int8_available, pack_linears, packing_available
 from fast_tts.models.lm import LMAdapter
 from fast_tts.models.transformer import KVCache, NativeDecoder
 from fast_tts.sampling import BatchSampler, SamplingParams
@@ -44,15 +44,38 @@ class Sampled:
     hidden: torch.Tensor
 
 
+QUANTIZE = ("int8",)
+
+
+def _check_quantize(quantize: str | None, dtype: torch.dtype, device: torch.device, compile: bool) -> None:
+    """`quantize` names a scheme this runner can run here, or the error says what is missing."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE:
+        raise InvalidInputError(f"quantize must be None or one of {', '.join(QUANTIZE)}, not {quantize!r}",
+                                "quantize")
+    if dtype != torch.bfloat16:
+        raise InvalidInputError(f"quantize={quantize!r} computes in bfloat16: pass dtype='bfloat16'", "quantize")
+    if device.type != "cpu" or compile:
+        raise InvalidInputError(f"quantize={quantize!r} runs on the CPU kernels: device='cpu' without compile",
+                                "quantize")
+    if not int8_available():
+        raise InvalidInputError(
+            f"quantize={quantize!r} needs fast-tts's native kernels on a CPU with AMX-INT8 (Intel Xeon 4th "
+            "generation or later) and an OS that grants it; this machine has not; use dtype='bfloat16' alone",
+            "quantize")
+
+
 class TorchRunner:
     """Runs planned steps of an `LMAdapter`'s decoder on `max_rows` cache rows of `max_seq` positions."""
 
     def __init__(self, adapter: LMAdapter, max_rows: int, max_seq: int, dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", compile: bool = False, pack_weights: bool | None = None,
-                 kv_dtype: str | torch.dtype | None = None) -> None:
+                 kv_dtype: str | torch.dtype | None = None, quantize: str | None = None) -> None:
         self.adapter = adapter
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        _check_quantize(quantize, self.dtype, self.device, compile)
         self.model = adapter.transformer
         weights = self.model.norm.weight
         if weights.dtype != self.dtype and _packed(self.model):
@@ -62,11 +85,11 @@ class TorchRunner:
         self.model.to(device=self.device, dtype=self.dtype)  # the runner owns the decoder from here on
         prepare = getattr(adapter, "prepare_for_backend", None)
         if callable(prepare):
-            prepare(self.dtype, self.device)
+            prepare(self.dtype, self.device, quantize=quantize)
         if pack_weights is None:  # torch.compile does its own weight packing (inductor freezing)
             pack_weights = self.device.type == "cpu" and not compile and packing_available(self.dtype)
-        if pack_weights:
-            pack_linears(self.model)
+        if pack_weights or quantize:
+            pack_linears(self.model, quantize)
         self.packed = _packed(self.model)
         # On CPU a bf16 cache (half the bytes each step reads) goes with the native bf16 decode step, and torch
         # attention widens it to float32; otherwise the cache is float32, where CPU SDPA is fastest (and where the

@@ -52,6 +52,11 @@ class Native:
         return bool(self.features & self.lib.FAST_TTS_CPU_AVX512BF16)
 
     @property
+    def amx_int8(self) -> bool:
+        """The int8-weight product runs here (`amx_matmul.c`: AMX-INT8)."""
+        return bool(self.features & self.lib.FAST_TTS_CPU_AMXINT8)
+
+    @property
     def amx(self) -> bool:
         """bf16 products run through AMX tiles here (`amx_matmul.c`; on from load wherever the CPU has them)."""
         return bool(self.features & self.lib.FAST_TTS_CPU_AMXBF16)

@@ -8,8 +8,13 @@
  * batch it is in. The vector kernel spends one `vdpbf16ps` per activation row per weight load, which made a batch of
  * 8 compute-bound; here a batch of 16 costs what one row does, the time it takes to stream the weights.
  *
+ * The int8 product (AMX-INT8) reads half the bytes: a weight quantized to int8 with one float32 scale per output
+ * row, packed the same way with column quads for pairs (16 rows x 4 int8 per 64 bytes), times the activations
+ * quantized per row to int8 (scale max|x| / 127, round to nearest even); the int32 sums are exact, so the result is
+ * sum * x_scale * w_scale (+ bias) in float32, rounded as the bf16 product is.
+ *
  * Linux hands out the tile registers only to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM), which
- * fast_tts_amx_available does once; every call configures the tiles on its own thread and releases them after.
+ * fast_tts_amx_available does; every call configures the tiles on its own thread and releases them after.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -22,19 +27,23 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,amx-int8")
+#pragma GCC optimize("fp-contract=off") /* x_scale * w_scale + bias rounded step by step, as torch does */
 
 #define TILE FAST_TTS_TILE
 #define ROWS 16    /* activation rows per A tile */
 #define COLUMNS 32 /* input columns per A tile: 64 bytes of bf16 */
+#define COLUMNS_INT8 64 /* input columns per int8 A tile */
+#define QUANTIZED_ROWS 64 /* activation rows quantized at a time (64 x FAST_TTS_MAX_INT8_COLUMNS bytes of stack) */
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
 int fast_tts_amx_available(void) {
     unsigned int eax, ebx, ecx, edx;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
-    int tile = (edx >> 24) & 1, bf16 = (edx >> 22) & 1;
-    return tile && bf16 && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    int tile = (edx >> 24) & 1, bf16 = (edx >> 22) & 1, int8 = (edx >> 25) & 1;
+    if (!tile || syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    return (bf16 ? FAST_TTS_CPU_AMXBF16 : 0) | (int8 ? FAST_TTS_CPU_AMXINT8 : 0);
 }
 
 typedef struct {
@@ -50,13 +59,27 @@ typedef struct {
 #define W_LO 3   /* weights of the first 16 outputs */
 #define W_HI 4
 
+/* Every tile 64 bytes wide: outputs and activations `rows` high, weights 16 (column pairs or quads). */
 static void configure(int rows) {
     tile_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = OUT_LO; t <= X_TILE; t++) c.rows[t] = (uint8_t)rows, c.bytes_per_row[t] = 64;
-    for (int t = W_LO; t <= W_HI; t++) c.rows[t] = COLUMNS / 2, c.bytes_per_row[t] = 64;
+    for (int t = W_LO; t <= W_HI; t++) c.rows[t] = 16, c.bytes_per_row[t] = 64;
     _tile_loadconfig(&c);
+}
+
+/* y[row, t*32 .. t*32+31] = (lo, hi) + bias, stored as bf16 (rounded to nearest even) or float32. */
+static inline __attribute__((always_inline)) void store_outputs(void *y, size_t offset, __m512 lo, __m512 hi,
+                                                                int float_out) {
+    if (float_out) {
+        _mm512_storeu_ps((float *)y + offset, lo);
+        _mm512_storeu_ps((float *)y + offset + 16, hi);
+    } else {
+        uint16_t *yh = (uint16_t *)y + offset;
+        _mm256_storeu_si256((__m256i *)yh, (__m256i)_mm512_cvtneps_pbh(lo));
+        _mm256_storeu_si256((__m256i *)(yh + 16), (__m256i)_mm512_cvtneps_pbh(hi));
+    }
 }
 
 /* Tiles first..last-1 of fast_tts_matmul_tile_range's product, for k % 32 == 0. */
@@ -86,19 +109,107 @@ void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const fl
             for (int b = 0; b < rows; b++) {
                 __m512 lo = _mm512_add_ps(_mm512_loadu_ps(sums[0] + 16 * b), bias_lo);
                 __m512 hi = _mm512_add_ps(_mm512_loadu_ps(sums[1] + 16 * b), bias_hi);
-                size_t offset = (size_t)((row + b) * n + t * TILE);
-                if (float_out) {
-                    _mm512_storeu_ps((float *)y + offset, lo);
-                    _mm512_storeu_ps((float *)y + offset + 16, hi);
-                } else { /* round to nearest even, like a bf16 cast */
-                    uint16_t *yh = (uint16_t *)y + offset;
-                    _mm256_storeu_si256((__m256i *)yh, (__m256i)_mm512_cvtneps_pbh(lo));
-                    _mm256_storeu_si256((__m256i *)(yh + 16), (__m256i)_mm512_cvtneps_pbh(hi));
+                store_outputs(y, (size_t)((row + b) * n + t * TILE), lo, hi, float_out);
+            }
+        }
+    }
+    if (configured) _tile_release();
+}
+
+/* Reorder a row-major (n, k) int8 weight into 32-row tiles of column quads; n % 32 == 0 and k % 64 == 0. */
+void fast_tts_pack_int8(const int8_t *weight, int8_t *packed, int64_t n, int64_t k) {
+    for (int64_t tile = 0; tile < n; tile += TILE)
+        for (int64_t col = 0; col < k; col += 4)
+            for (int64_t r = 0; r < TILE; r++)
+                memcpy(packed + tile * k + col * TILE + (r / 16) * 64 + (r % 16) * 4, weight + (tile + r) * k + col, 4);
+}
+
+static inline __attribute__((always_inline)) __m512 load_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* Row `x` (k bf16) to int8 `q` with scale max|x| / 127 (0 for a zero row); returns the scale. */
+float fast_tts_quantize_row_int8(const uint16_t *x, int8_t *q, int64_t k) {
+    __m512 top = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(load_bf16x16(x + i)));
+    float amax = _mm512_reduce_max_ps(top);
+    __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    for (int64_t i = 0; i < k; i += 16) /* cvtps_epi32 rounds to nearest even (the default MXCSR) */
+        _mm_storeu_si128((__m128i *)(q + i),
+                         _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(load_bf16x16(x + i), inverse))));
+    return amax / 127.0f;
+}
+
+/* Tiles first..last-1 of y (m, n) = x (m, k) @ dequantized weight.T (+ bias); k % 64 == 0 and
+ * k <= FAST_TTS_MAX_INT8_COLUMNS. `packed` holds the tiles of fast_tts_pack_int8, then the n float32 row scales.
+ * y is bf16, or float32 when float_out is set. Activations are quantized QUANTIZED_ROWS at a time on the stack, and
+ * each such chunk reads the weight tiles once. */
+void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                              int64_t k, int float_out, int64_t first, int64_t last) {
+    const int8_t *weights = packed;
+    const float *scales = (const float *)(weights + n * k);
+    int8_t quantized[QUANTIZED_ROWS * FAST_TTS_MAX_INT8_COLUMNS] __attribute__((aligned(64)));
+    float x_scale[QUANTIZED_ROWS];
+    int32_t sums[2][ROWS * 16];
+    int configured = 0;
+    for (int64_t chunk = 0; chunk < m; chunk += QUANTIZED_ROWS) {
+        int64_t chunk_rows = m - chunk < QUANTIZED_ROWS ? m - chunk : QUANTIZED_ROWS;
+        for (int64_t b = 0; b < chunk_rows; b++)
+            x_scale[b] = fast_tts_quantize_row_int8(x + (chunk + b) * k, quantized + b * k, k);
+        for (int64_t t = first; t < last; t++) {
+            const int8_t *tile = weights + t * TILE * k;
+            __m512 scale_lo = _mm512_loadu_ps(scales + t * TILE), scale_hi = _mm512_loadu_ps(scales + t * TILE + 16);
+            __m512 bias_lo = bias ? _mm512_loadu_ps(bias + t * TILE) : _mm512_setzero_ps();
+            __m512 bias_hi = bias ? _mm512_loadu_ps(bias + t * TILE + 16) : _mm512_setzero_ps();
+            for (int64_t row = 0; row < chunk_rows; row += ROWS) {
+                int rows = (int)(chunk_rows - row < ROWS ? chunk_rows - row : ROWS);
+                if (rows != configured) configure(rows), configured = rows;
+                _tile_zero(OUT_LO);
+                _tile_zero(OUT_HI);
+                for (int64_t col = 0; col < k; col += COLUMNS_INT8) {
+                    const int8_t *w = tile + col * TILE;
+                    _tile_loadd(X_TILE, quantized + row * k + col, k);
+                    _tile_loadd(W_LO, w, 2 * 64);
+                    _tile_loadd(W_HI, w + 64, 2 * 64);
+                    _tile_dpbssd(OUT_LO, X_TILE, W_LO);
+                    _tile_dpbssd(OUT_HI, X_TILE, W_HI);
+                }
+                _tile_stored(OUT_LO, sums[0], 64);
+                _tile_stored(OUT_HI, sums[1], 64);
+                for (int b = 0; b < rows; b++) {
+                    __m512 xs = _mm512_set1_ps(x_scale[row + b]);
+                    __m512 lo = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums[0] + 16 * b));
+                    __m512 hi = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums[1] + 16 * b));
+                    lo = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(lo, xs), scale_lo), bias_lo);
+                    hi = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(hi, xs), scale_hi), bias_hi);
+                    store_outputs(y, (size_t)((chunk + row + b) * n + t * TILE), lo, hi, float_out);
                 }
             }
         }
     }
     if (configured) _tile_release();
+}
+
+typedef struct {
+    const uint16_t *x;
+    const void *packed;
+    const float *bias;
+    void *y;
+    int64_t m, n, k;
+    int float_out;
+} int8_job;
+
+static void int8_thread(void *arg, int id, int threads) {
+    const int8_job *job = arg;
+    int64_t tiles = job->n / TILE;
+    fast_tts_int8_tile_range(job->x, job->packed, job->bias, job->y, job->m, job->n, job->k, job->float_out,
+                             tiles * id / threads, tiles * (id + 1) / threads);
+}
+
+void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                          int64_t k, int float_out, int threads) {
+    int8_job job = {x, packed, bias, y, m, n, k, float_out};
+    fast_tts_run_parallel(int8_thread, &job, threads);
 }
 
 #else

@@ -73,7 +73,7 @@ static int amx_in_use; /* fast_tts_use_amx */
 int fast_tts_use_amx(int on) {
 #ifdef FAST_TTS_AMX
     static int available = -1;
-    if (available < 0) available = fast_tts_amx_available();
+    if (available < 0) available = (fast_tts_amx_available() & FAST_TTS_CPU_AMXBF16) != 0;
     amx_in_use = on && available;
 #else
     (void)on;

@@ -1,4 +1,5 @@
-"""A whole decode step of a bf16 or float32 Llama/Qwen2 decoder on CPU in one native call (`decode_step.c`).
+"""A whole decode step of a bf16, int8-weight or float32 Llama/Qwen2 decoder on CPU in one native call
+(`decode_step.c`).
 
 A decode step (one new position per row) is, per layer, four matmuls and about fifty small tensor operations whose
 dispatch cost about a third of a batch-1 step. `DecodeStep` runs the same step as one call: the tiled matmuls, the
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from fast_tts.kernels import Native, native
-from fast_tts.kernels.linear import TILED, TiledBF16Linear, TiledF32Linear
+from fast_tts.kernels.linear import TILED, TiledBF16Linear, TiledF32Linear, TiledInt8Linear
+
+Tiled = TiledBF16Linear | TiledF32Linear | TiledInt8Linear
 
 _BUFFERS = ("normed", "qkv", "attended", "projected", "gate_up", "activated", "q", "scores")
 
@@ -38,25 +41,41 @@ class DecoderShape:
 @dataclass(frozen=True)
 class DecodeLayer:
     """One layer's norm weights, tiled linears (qkv fused, gate and up fused) and its cache
-    (max_rows, kv_heads, max_seq, head_dim), all bf16 or all float32."""
+    (max_rows, kv_heads, max_seq, head_dim), all bf16 or all float32 (int8 linears go with bf16)."""
 
     input_norm: torch.Tensor
     post_norm: torch.Tensor
-    qkv: TiledBF16Linear | TiledF32Linear
-    o: TiledBF16Linear | TiledF32Linear
-    gate_up: TiledBF16Linear | TiledF32Linear
-    down: TiledBF16Linear | TiledF32Linear
+    qkv: Tiled
+    o: Tiled
+    gate_up: Tiled
+    down: Tiled
     k_cache: torch.Tensor
     v_cache: torch.Tensor
 
     @property
-    def linears(self) -> tuple[TiledBF16Linear | TiledF32Linear, ...]:
+    def linears(self) -> tuple[Tiled, ...]:
         return self.qkv, self.o, self.gate_up, self.down
 
 
+def _step_kind(lib: Native, dtype: torch.dtype, layers: Sequence[DecodeLayer]) -> int | None:
+    """The native kind of step for these layers' linears in activation dtype `dtype`, or None: every linear the
+    dtype's tiled kernel, or (bf16) every one int8, unpadded and not float_out, on a CPU that runs them."""
+    linears = [m for layer in layers for m in layer.linears]
+    if dtype not in TILED:
+        return None
+    if all(type(m) is TILED[dtype] for m in linears) and TILED[dtype].runs_on(lib):
+        kind = lib.lib.FAST_TTS_STEP_FLOAT32 if dtype == torch.float32 else lib.lib.FAST_TTS_STEP_BF16
+    elif dtype == torch.bfloat16 and all(type(m) is TiledInt8Linear for m in linears) and lib.amx_int8 and lib.bf16:
+        kind = lib.lib.FAST_TTS_STEP_INT8
+    else:
+        return None
+    whole = all(m.padded_features == m.out_features and not getattr(m, "float_out", False) for m in linears)
+    return kind if whole else None
+
+
 def fits(shape: DecoderShape, layers: Sequence[DecodeLayer], final_norm: torch.Tensor) -> bool:
-    """True when the step can run this decoder here: one dtype (bf16 or float32, the final norm's) whose kernels
-    run on this CPU, unpadded tiled linears of that dtype, norms and caches of that dtype on CPU, and a head size
+    """True when the step can run this decoder here: one activation dtype (bf16 or float32, the final norm's) with
+    linears of a kind of step this CPU runs (`_step_kind`), norms and caches of that dtype on CPU, and a head size
     and grouping the kernel handles."""
     lib = native()
     dtype = final_norm.dtype
@@ -64,13 +83,7 @@ def fits(shape: DecoderShape, layers: Sequence[DecodeLayer], final_norm: torch.T
                                                                 layer.v_cache)]
     return (
         lib is not None
-        and dtype in TILED
-        and TILED[dtype].runs_on(lib)
-        and all(
-            type(m) is TILED[dtype] and m.padded_features == m.out_features and not getattr(m, "float_out", False)
-            for layer in layers
-            for m in layer.linears
-        )
+        and _step_kind(lib, dtype, layers) is not None
         and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
         and shape.head_dim <= lib.lib.FAST_TTS_MAX_HEAD_DIM
         and shape.head_dim % 2 == 0
@@ -106,7 +119,7 @@ class DecodeStep:
         a.hidden_size, a.inner, a.heads = shape.hidden, shape.inner, shape.heads
         a.kv_heads, a.head_dim, a.max_seq = shape.kv_heads, shape.head_dim, self.max_seq
         a.eps, a.scale = shape.eps, 1.0 / math.sqrt(shape.head_dim)
-        a.float32 = int(self.dtype == torch.float32)
+        a.kind = _step_kind(lib, self.dtype, layers)
         self._buffers: dict[int, tuple[dict[str, torch.Tensor], object]] = {}
 
     def _buffers_for(self, batch: int) -> object:

@@ -3,7 +3,8 @@
  * Between its matmuls a decoder layer runs about fifty tiny torch operations per step (norms, rotary embedding,
  * cache writes, attention, SwiGLU), and every torch or ctypes call would start the threads again; at batch 1 that
  * dispatch cost a third of the step. Here the step's order of operations and its barriers are written once; the
- * operations themselves come from a table per element type: bf16 (decode_ops.c) or float32 (decode_f32.c).
+ * operations themselves come from a table per kind of step: bf16 or int8 weights with bf16 activations (decode_ops.c),
+ * or float32 (decode_f32.c).
  */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -96,10 +97,17 @@ static void step_thread(void *arg, int id, int threads) {
     }
 }
 
+static const fast_tts_step_ops *ops_of(int kind) {
+#ifdef FAST_TTS_AMX
+    if (kind == FAST_TTS_STEP_INT8) return &fast_tts_int8_step_ops;
+#endif
+    return kind == FAST_TTS_STEP_FLOAT32 ? &fast_tts_f32_step_ops : &fast_tts_bf16_step_ops;
+}
+
 /* A whole decode step through every layer and the final norm: the matmuls, attention and SwiGLU are shared out
  * over `args->threads` pool threads, the norms, rotary embedding and residual adds run on the caller's. The caller
- * checks that the CPU runs the element type's operations. */
+ * checks that the CPU runs the kind's operations. */
 void fast_tts_decode_step(const fast_tts_decode_args *args) {
-    step_job job = {args, args->float32 ? &fast_tts_f32_step_ops : &fast_tts_bf16_step_ops, {0, 0}};
+    step_job job = {args, ops_of(args->kind), {0, 0}};
     fast_tts_run_parallel(step_thread, &job, args->threads);
 }

@@ -17,6 +17,8 @@
 #define FAST_TTS_CPU_AVX512F 1    /* the float32 kernels */
 #define FAST_TTS_CPU_AVX512BF16 2 /* the bf16 kernels and decode steps (with AVX-512 F, BW and VL) */
 #define FAST_TTS_CPU_AMXBF16 4    /* bf16 products through AMX tiles (amx_matmul.c), the OS permitting */
+#define FAST_TTS_CPU_AMXINT8 8    /* the int8-weight product (amx_matmul.c), the OS permitting */
+#define FAST_TTS_MAX_INT8_COLUMNS 8192 /* in_features of an int8-weight product at most */
 
 int fast_tts_cpu_features(void);
 
@@ -35,6 +37,12 @@ void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const
  * vector kernel (on = 0, the default); returns 1 when AMX is now in use. */
 int fast_tts_use_amx(int on);
 
+/* amx_matmul.c: int8 weights with a float32 scale per output row, times bf16 activations quantized per row */
+void fast_tts_pack_int8(const int8_t *weight, int8_t *packed, int64_t n, int64_t k);
+float fast_tts_quantize_row_int8(const uint16_t *x, int8_t *q, int64_t k);
+void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                          int64_t k, int float_out, int threads);
+
 /* f32_matmul.c */
 void fast_tts_pack_f32(const float *weight, float *packed, int64_t n, int64_t k);
 void fast_tts_matmul_f32(const float *x, const float *packed, const float *bias, float *y, int64_t m, int64_t n,
@@ -43,6 +51,11 @@ void fast_tts_matmul_f32(const float *x, const float *packed, const float *bias,
 /* f32_matmul.c: tiles first..last-1 of fast_tts_matmul_f32's product, on the calling thread. */
 void fast_tts_matmul_f32_tile_range(const float *x, const float *packed, const float *bias, float *y, int64_t m,
                                     int64_t n, int64_t k, int64_t first, int64_t last);
+
+/* decode_step.c: the kinds of step */
+#define FAST_TTS_STEP_BF16 0    /* bf16 weights, activations and cache (decode_ops.c) */
+#define FAST_TTS_STEP_FLOAT32 1 /* float32 weights, activations and cache (decode_f32.c) */
+#define FAST_TTS_STEP_INT8 2    /* int8 weights (fast_tts_pack_int8 + scales), bf16 activations and cache */
 
 /* decode_step.c: one decoder layer's weights (packed by fast_tts_pack_bf16 or fast_tts_pack_f32; biases float32
  * or NULL) and its cache. Element pointers hold bf16 (as uint16) or float32, as the step's `float32` flag says. */
@@ -73,7 +86,7 @@ typedef struct {
     int64_t batch, hidden_size, inner, heads, kv_heads, head_dim, max_seq;
     float eps, scale;
     int threads;
-    int float32;          /* 0: bf16 weights, activations and cache (decode_ops.c); 1: float32 (decode_f32.c) */
+    int kind;             /* FAST_TTS_STEP_*: the weights', activations' and cache's types */
 } fast_tts_decode_args;
 
 void fast_tts_decode_step(const fast_tts_decode_args *args);
@@ -85,8 +98,12 @@ void fast_tts_decode_step(const fast_tts_decode_args *args);
 #define FAST_TTS_AMX 1 /* amx_matmul.c has its kernel: the tiles need Linux's permission call */
 void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
                              int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
+void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                              int64_t k, int float_out, int64_t first, int64_t last);
 #endif
-int fast_tts_amx_available(void); /* the CPU has AMX-BF16 and the OS lets this process use it (asking is idempotent) */
+/* FAST_TTS_CPU_AMXBF16 | FAST_TTS_CPU_AMXINT8 as far as the CPU has them and the OS lets this process use the
+ * tiles (asking is idempotent); 0 without. */
+int fast_tts_amx_available(void);
 
 /* The element-type parts of a decode step, which decode_step.c runs in a fixed order; `matmul` computes tiles
  * first..last-1 of the product. */
@@ -107,5 +124,6 @@ typedef struct {
 
 extern const fast_tts_step_ops fast_tts_bf16_step_ops; /* decode_ops.c (AVX-512 BF16) */
 extern const fast_tts_step_ops fast_tts_f32_step_ops;  /* decode_f32.c (AVX-512 F) */
+extern const fast_tts_step_ops fast_tts_int8_step_ops; /* decode_ops.c (AVX-512 BF16 and AMX-INT8) */
 
 #endif

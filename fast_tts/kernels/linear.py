@@ -4,7 +4,8 @@ Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast th
 - where the native kernels run (see __init__.py): `TiledBF16Linear` (bf16 weights, AVX-512 BF16) and
   `TiledF32Linear` (float32, AVX-512 F) read the weight at the memory read bandwidth at batch 1 to 8 (oneDNN's
   prepacked paths reach about half of it);
-- otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback.
+- otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback;
+- on request (`pack_linears(quantize="int8")`), `TiledInt8Linear`: int8 weights on AMX-INT8, half bf16's bytes.
 `pack_linears` swaps each `nn.Linear` of a module once; each path is checked against `F.linear` on a probe first.
 """
 
@@ -39,21 +40,21 @@ class _TiledLinear(nn.Module):
     """Inference-only `nn.Linear` run by a native kernel over a weight repacked into 32-row tiles (CPU); the last
     tile is padded with zero rows, so any output width works."""
 
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the activations (inputs and outputs)
+    weight_dtype: torch.dtype  # of the weight the layer is built from
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         lib = native()
-        if lib is None or not self.runs_on(lib) or not tiled_layout_fits(linear):
+        if lib is None or not self.runs_on(lib) or not self.fits(linear):
             raise ValueError("the native kernels are not available for this layer")
         self._native: Native = lib
         self.in_features, self.out_features = linear.in_features, linear.out_features
         tile = lib.lib.FAST_TTS_TILE
         self.padded_features = -(-self.out_features // tile) * tile
-        weight = torch.zeros(self.padded_features, self.in_features, dtype=self.dtype)
+        weight = torch.zeros(self.padded_features, self.in_features, dtype=self.weight_dtype)
         weight[: self.out_features] = linear.weight.detach()
-        self.packed = torch.empty_like(weight)
-        self._pack(weight)
+        self.packed = self._pack(weight)
         self.bias = None
         if linear.bias is not None:
             self.bias = torch.zeros(self.padded_features)
@@ -64,7 +65,13 @@ class _TiledLinear(nn.Module):
         """True when this CPU can execute the layer's kernel."""
         raise NotImplementedError
 
-    def _pack(self, weight: torch.Tensor) -> None:
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        """True when the kernel's layout takes this layer's shape."""
+        return tiled_layout_fits(linear)
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        """The packed form of `weight` (padded_features, in_features), as the kernel reads it."""
         raise NotImplementedError
 
     def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
@@ -90,7 +97,7 @@ class TiledBF16Linear(_TiledLinear):
     `float_out=True` returns the float32 sums unrounded (for logits).
     """
 
-    dtype = torch.bfloat16
+    dtype = weight_dtype = torch.bfloat16
 
     def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
         self.float_out = float_out
@@ -100,10 +107,12 @@ class TiledBF16Linear(_TiledLinear):
     def runs_on(lib: Native) -> bool:
         return lib.bf16
 
-    def _pack(self, weight: torch.Tensor) -> None:
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
         n = self._native
-        n.lib.fast_tts_pack_bf16(n.ptr(weight.data_ptr()), n.ptr(self.packed.data_ptr()), self.padded_features,
+        packed = torch.empty_like(weight)
+        n.lib.fast_tts_pack_bf16(n.ptr(weight.data_ptr()), n.ptr(packed.data_ptr()), self.padded_features,
                                  self.in_features)
+        return packed
 
     def _out_dtype(self) -> torch.dtype:
         return torch.float32 if self.float_out else torch.bfloat16
@@ -126,16 +135,18 @@ class TiledBF16Linear(_TiledLinear):
 class TiledF32Linear(_TiledLinear):
     """float32 `nn.Linear` on the AVX-512 kernel (`f32_matmul.c`): each output is a sequential float32 sum."""
 
-    dtype = torch.float32
+    dtype = weight_dtype = torch.float32
 
     @staticmethod
     def runs_on(lib: Native) -> bool:
         return lib.float32
 
-    def _pack(self, weight: torch.Tensor) -> None:
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
         n = self._native
-        n.lib.fast_tts_pack_f32(n.ptr(weight.data_ptr()), n.ptr(self.packed.data_ptr()), self.padded_features,
+        packed = torch.empty_like(weight)
+        n.lib.fast_tts_pack_f32(n.ptr(weight.data_ptr()), n.ptr(packed.data_ptr()), self.padded_features,
                                 self.in_features)
+        return packed
 
     def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
         n = self._native
@@ -149,6 +160,76 @@ class TiledF32Linear(_TiledLinear):
             self.in_features,
             threads,
         )
+
+
+class TiledInt8Linear(_TiledLinear):
+    """`nn.Linear` with int8 weights on AMX-INT8 (`amx_matmul.c`), for half the bytes of bf16 per step.
+
+    The weight is quantized once, symmetrically per output row (scale max|w| / 127, round to nearest even); each
+    product quantizes its bf16 input rows the same way, sums int8 x int8 exactly in int32, and scales back in float32
+    (`quantized_reference` is the same arithmetic in torch). `float_out=True` returns the float32 result (logits).
+    """
+
+    dtype = torch.bfloat16
+    weight_dtype = torch.float32
+
+    def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
+        self.float_out = float_out
+        super().__init__(linear)
+
+    @staticmethod
+    def runs_on(lib: Native) -> bool:
+        return lib.amx_int8
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        lib = native()
+        most = lib.lib.FAST_TTS_MAX_INT8_COLUMNS if lib is not None else 0
+        return linear.weight.device.type == "cpu" and linear.in_features % 64 == 0 and linear.in_features <= most
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        n = self._native
+        q, scales = quantize_rows(weight)
+        packed = torch.empty(q.numel() + 4 * scales.numel(), dtype=torch.int8)  # tiles, then the row scales
+        n.lib.fast_tts_pack_int8(n.ptr(q.data_ptr()), n.ptr(packed.data_ptr()), self.padded_features,
+                                 self.in_features)
+        packed[q.numel():].view(torch.float32).copy_(scales)
+        return packed
+
+    def _out_dtype(self) -> torch.dtype:
+        return torch.float32 if self.float_out else torch.bfloat16
+
+    def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
+        n = self._native
+        n.lib.fast_tts_matmul_int8(
+            n.ptr(rows.data_ptr()),
+            n.ptr(self.packed.data_ptr()),
+            n.ptr(None if self.bias is None else self.bias.data_ptr()),
+            n.ptr(out.data_ptr()),
+            rows.shape[0],
+            self.padded_features,
+            self.in_features,
+            int(self.float_out),
+            threads,
+        )
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row, as the int8 kernel does it: (int8 values, float32 scales max|x| / 127)."""
+    x = x.float()
+    top = x.abs().amax(dim=-1)
+    inverse = torch.full_like(top, 127.0).div(top).where(top > 0, 0.0)  # a true division (`127.0 / top` is not)
+    q = torch.round(x * inverse[..., None]).clamp(-128, 127).to(torch.int8)  # round half to even
+    return q.contiguous(), top / 127.0
+
+
+def quantized_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The int8 kernel's result in torch, float32: both operands quantized per row, exact integer sums."""
+    xq, xs = quantize_rows(x.to(torch.bfloat16))
+    wq, ws = quantize_rows(weight)
+    sums = (xq.double() @ wq.double().T).float()  # exact: int8 products, fewer than 2**31 of them summed
+    out = sums * xs[:, None] * ws[None, :]
+    return out if bias is None else out + bias.float()
 
 
 def tiled_layout_fits(linear: nn.Linear) -> bool:
@@ -193,15 +274,28 @@ def packing_available(dtype: torch.dtype) -> bool:
     return native_available(dtype) or _matches_linear(PackedLinear, dtype)
 
 
-def pack_linears(module: nn.Module) -> int:
-    """Replace every `nn.Linear` under `module` by the fastest packed layer that fits, in place; returns how many."""
+def pack_linears(module: nn.Module, quantize: str | None = None) -> int:
+    """Replace every `nn.Linear` under `module` by the fastest packed layer that fits, in place; returns how many.
+    `quantize="int8"` puts bf16 layers whose shape fits on the int8 kernel (`TiledInt8Linear`; callers check
+    `int8_available()` first)."""
     usable = {dtype: native_available(dtype) for dtype in TILED}
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 dtype = child.weight.dtype
-                use_native = usable.get(dtype, False) and tiled_layout_fits(child)
-                setattr(parent, name, TILED[dtype](child) if use_native else PackedLinear(child))
+                if quantize == "int8" and dtype == torch.bfloat16 and TiledInt8Linear.fits(child):
+                    packed: nn.Module = TiledInt8Linear(child)
+                elif usable.get(dtype, False) and tiled_layout_fits(child):
+                    packed = TILED[dtype](child)
+                else:
+                    packed = PackedLinear(child)
+                setattr(parent, name, packed)
                 swapped += 1
     return swapped
+
+
+def int8_available() -> bool:
+    """True when the int8-weight kernel (AMX-INT8) runs here."""
+    lib = native()
+    return lib is not None and lib.amx_int8

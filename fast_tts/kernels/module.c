@@ -13,7 +13,7 @@ int fast_tts_cpu_features(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
         features |= FAST_TTS_CPU_AVX512BF16;
-    if ((features & FAST_TTS_CPU_AVX512BF16) && fast_tts_amx_available()) features |= FAST_TTS_CPU_AMXBF16;
+    if (features & FAST_TTS_CPU_AVX512BF16) features |= fast_tts_amx_available();
     return features;
 #else
     return 0;

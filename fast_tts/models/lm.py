@@ -3,9 +3,9 @@ its weights live on disk.
 
 ChatTTS's GPT is one (4 codebooks summed at the input, 4 heads at the output; or text mode with one), a Qwen2
 G2P model is another (1 codebook, tied or untied lm_head). The torch backend calls `transformer`, `embed`, `logits`
-and, when an adapter defines it, `prepare_for_backend(dtype, device)` (once, after the decoder was moved), which
-lets a family set up a faster head for the backend's dtype. Engines that load checkpoints themselves (vLLM,
-llama.cpp, MLX, SGLang) read `source` instead.
+and, when an adapter defines it, `prepare_for_backend(dtype, device, quantize=...)` (once, after the decoder was
+moved), which lets a family set up a faster head for the backend's dtype and quantization. Engines that load
+checkpoints themselves (vLLM, llama.cpp, MLX, SGLang) read `source` instead.
 """
 
 from __future__ import annotations
