@@ -190,26 +190,9 @@ void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float
     if (configured) _tile_release();
 }
 
-typedef struct {
-    const uint16_t *x;
-    const void *packed;
-    const float *bias;
-    void *y;
-    int64_t m, n, k;
-    int float_out;
-} int8_job;
-
-static void int8_thread(void *arg, int id, int threads) {
-    const int8_job *job = arg;
-    int64_t tiles = job->n / TILE;
-    fast_tts_int8_tile_range(job->x, job->packed, job->bias, job->y, job->m, job->n, job->k, job->float_out,
-                             tiles * id / threads, tiles * (id + 1) / threads);
-}
-
 void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads) {
-    int8_job job = {x, packed, bias, y, m, n, k, float_out};
-    fast_tts_run_parallel(int8_thread, &job, threads);
+    fast_tts_share_tiles(fast_tts_int8_tile_range, x, packed, bias, y, m, n, k, float_out, threads);
 }
 
 #else

@@ -115,7 +115,9 @@ void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const
 }
 
 typedef struct {
-    const uint16_t *x, *packed;
+    fast_tts_tile_range_fn range;
+    const uint16_t *x;
+    const void *packed;
     const float *bias;
     void *y;
     int64_t m, n, k;
@@ -125,13 +127,23 @@ typedef struct {
 static void matmul_thread(void *arg, int id, int threads) {
     const matmul_job *job = arg;
     int64_t tiles = job->n / TILE;
-    fast_tts_matmul_tile_range(job->x, job->packed, job->bias, job->y, job->m, job->n, job->k, job->float_out,
-                               tiles * id / threads, tiles * (id + 1) / threads);
+    job->range(job->x, job->packed, job->bias, job->y, job->m, job->n, job->k, job->float_out, tiles * id / threads,
+               tiles * (id + 1) / threads);
+}
+
+void fast_tts_share_tiles(fast_tts_tile_range_fn range, const uint16_t *x, const void *packed, const float *bias,
+                          void *y, int64_t m, int64_t n, int64_t k, int float_out, int threads) {
+    matmul_job job = {range, x, packed, bias, y, m, n, k, float_out};
+    fast_tts_run_parallel(matmul_thread, &job, threads);
+}
+
+static void vector_or_amx_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
+                                int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
+    fast_tts_matmul_tile_range(x, packed, bias, y, m, n, k, float_out, first, last);
 }
 
 /* The whole product, its tiles shared out over `threads` pool threads. */
 void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads) {
-    matmul_job job = {x, packed, bias, y, m, n, k, float_out};
-    fast_tts_run_parallel(matmul_thread, &job, threads);
+    fast_tts_share_tiles(vector_or_amx_range, x, packed, bias, y, m, n, k, float_out, threads);
 }

@@ -94,6 +94,13 @@ void fast_tts_decode_step(const fast_tts_decode_args *args);
 
 #include <stddef.h>
 
+/* bf16_matmul.c: tiles first..last-1 of a product over a packed weight, and the whole product shared out over the
+ * pool by tiles. */
+typedef void (*fast_tts_tile_range_fn)(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
+                                       int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
+void fast_tts_share_tiles(fast_tts_tile_range_fn range, const uint16_t *x, const void *packed, const float *bias,
+                          void *y, int64_t m, int64_t n, int64_t k, int float_out, int threads);
+
 #if defined(__linux__) && defined(__x86_64__)
 #define FAST_TTS_AMX 1 /* amx_matmul.c has its kernel: the tiles need Linux's permission call */
 void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,

@@ -98,6 +98,7 @@ class TiledBF16Linear(_TiledLinear):
     """
 
     dtype = weight_dtype = torch.bfloat16
+    _matmul = "fast_tts_matmul_bf16"  # the library's product over this class's packed weight
 
     def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
         self.float_out = float_out
@@ -119,7 +120,7 @@ class TiledBF16Linear(_TiledLinear):
 
     def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
         n = self._native
-        n.lib.fast_tts_matmul_bf16(
+        getattr(n.lib, self._matmul)(
             n.ptr(rows.data_ptr()),
             n.ptr(self.packed.data_ptr()),
             n.ptr(None if self.bias is None else self.bias.data_ptr()),
@@ -162,7 +163,7 @@ class TiledF32Linear(_TiledLinear):
         )
 
 
-class TiledInt8Linear(_TiledLinear):
+class TiledInt8Linear(TiledBF16Linear):
     """`nn.Linear` with int8 weights on AMX-INT8 (`amx_matmul.c`), for half the bytes of bf16 per step.
 
     The weight is quantized once, symmetrically per output row (scale max|w| / 127, round to nearest even); each
@@ -170,12 +171,8 @@ class TiledInt8Linear(_TiledLinear):
     (`quantized_reference` is the same arithmetic in torch). `float_out=True` returns the float32 result (logits).
     """
 
-    dtype = torch.bfloat16
     weight_dtype = torch.float32
-
-    def __init__(self, linear: nn.Linear, float_out: bool = False) -> None:
-        self.float_out = float_out
-        super().__init__(linear)
+    _matmul = "fast_tts_matmul_int8"
 
     @staticmethod
     def runs_on(lib: Native) -> bool:
@@ -195,23 +192,6 @@ class TiledInt8Linear(_TiledLinear):
                                  self.in_features)
         packed[q.numel():].view(torch.float32).copy_(scales)
         return packed
-
-    def _out_dtype(self) -> torch.dtype:
-        return torch.float32 if self.float_out else torch.bfloat16
-
-    def _product(self, rows: torch.Tensor, out: torch.Tensor, threads: int) -> None:
-        n = self._native
-        n.lib.fast_tts_matmul_int8(
-            n.ptr(rows.data_ptr()),
-            n.ptr(self.packed.data_ptr()),
-            n.ptr(None if self.bias is None else self.bias.data_ptr()),
-            n.ptr(out.data_ptr()),
-            rows.shape[0],
-            self.padded_features,
-            self.in_features,
-            int(self.float_out),
-            threads,
-        )
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
