@@ -69,7 +69,7 @@ static void configure(int rows) {
     _tile_loadconfig(&c);
 }
 
-/* y[row, t*32 .. t*32+31] = (lo, hi) + bias, stored as bf16 (rounded to nearest even) or float32. */
+/* y[row, t*32 .. t*32+31] = (lo, hi), stored as bf16 (rounded to nearest even) or float32. */
 static inline __attribute__((always_inline)) void store_outputs(void *y, size_t offset, __m512 lo, __m512 hi,
                                                                 int float_out) {
     if (float_out) {
