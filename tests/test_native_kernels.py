@@ -20,7 +20,7 @@ from fast_tts.kernels.linear import (
     _TiledLinear,
     native_available,
     pack_linears,
-    quantized_reference,
+    quantize_rows,
 )
 from fast_tts.models.transformer import DecoderConfig, Transformer
 
@@ -400,6 +400,15 @@ needs_int8 = pytest.mark.skipif(not (CAN_RUN and {"amx_tile", "amx_int8"} <= _cp
                                 reason="this CPU lacks AMX-INT8 (or is not x86-64 Linux)")
 
 
+def _int8_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The int8 kernel's result in torch, float32: both operands quantized per row, exact integer sums."""
+    xq, xs = quantize_rows(x.to(torch.bfloat16))
+    wq, ws = quantize_rows(weight)
+    sums = (xq.double() @ wq.double().T).float()  # exact: int8 products, fewer than 2**31 of them summed
+    out = sums * xs[:, None] * ws[None, :]
+    return out if bias is None else out + bias.float()
+
+
 @needs_int8
 @pytest.mark.parametrize("rows", [1, 5, 16, 17, 70])  # 17: two AMX row blocks; 70: two quantized chunks
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
@@ -407,7 +416,7 @@ needs_int8 = pytest.mark.skipif(not (CAN_RUN and {"amx_tile", "amx_int8"} <= _cp
 @pytest.mark.parametrize("float_out", [False, True])
 def test_int8_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
                                                          float_out: bool) -> None:
-    """Per-row int8 weights and activations, exact int32 sums, float32 scaling: the kernel and `quantized_reference`
+    """Per-row int8 weights and activations, exact int32 sums, float32 scaling: the kernel and `_int8_reference`
     compute the same numbers, and a row's result is the same alone as in a batch."""
     torch.manual_seed(rows + in_features)
     lin = nn.Linear(in_features, out_features, bias=bias)
@@ -415,7 +424,7 @@ def test_int8_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features
     layer = TiledInt8Linear(lin, float_out=float_out)
     with torch.no_grad():
         got = layer(x)
-        want = quantized_reference(x, lin.weight, lin.bias)
+        want = _int8_reference(x, lin.weight, lin.bias)
         assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
         assert torch.equal(layer(x[-1:]), got[-1:])
         # and close to the float product: int8 steps of both operands

@@ -168,7 +168,7 @@ class TiledInt8Linear(TiledBF16Linear):
 
     The weight is quantized once, symmetrically per output row (scale max|w| / 127, round to nearest even); each
     product quantizes its bf16 input rows the same way, sums int8 x int8 exactly in int32, and scales back in float32
-    (`quantized_reference` is the same arithmetic in torch). `float_out=True` returns the float32 result (logits).
+    (tests/test_native_kernels.py repeats the arithmetic in torch). `float_out=True` returns the float32 result.
     """
 
     weight_dtype = torch.float32
@@ -201,15 +201,6 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inverse = torch.full_like(top, 127.0).div(top).where(top > 0, 0.0)  # a true division (`127.0 / top` is not)
     q = torch.round(x * inverse[..., None]).clamp(-128, 127).to(torch.int8)  # round half to even
     return q.contiguous(), top / 127.0
-
-
-def quantized_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The int8 kernel's result in torch, float32: both operands quantized per row, exact integer sums."""
-    xq, xs = quantize_rows(x.to(torch.bfloat16))
-    wq, ws = quantize_rows(weight)
-    sums = (xq.double() @ wq.double().T).float()  # exact: int8 products, fewer than 2**31 of them summed
-    out = sums * xs[:, None] * ws[None, :]
-    return out if bias is None else out + bias.float()
 
 
 def tiled_layout_fits(linear: nn.Linear) -> bool:
