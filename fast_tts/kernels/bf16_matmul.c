@@ -83,7 +83,7 @@ int fast_tts_use_amx(int on) {
 
 /* Tiles first..last-1 of y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by
  * fast_tts_pack_bf16. y is bf16, or float32 when float_out is set (logits). */
-void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
+void fast_tts_matmul_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
 #ifdef FAST_TTS_AMX
     if (amx_in_use && k % 32 == 0) {
@@ -92,7 +92,7 @@ void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const
     }
 #endif
     for (int64_t t = first; t < last; t++) {
-        const uint16_t *tile = packed + t * TILE * k;
+        const uint16_t *tile = (const uint16_t *)packed + t * TILE * k;
         const float *tile_bias = bias ? bias + t * TILE : NULL;
         for (int64_t row = 0; row < m; row += MAX_ROWS) {
             int rows = (int)(m - row < MAX_ROWS ? m - row : MAX_ROWS);
@@ -137,13 +137,8 @@ void fast_tts_share_tiles(fast_tts_tile_range_fn range, const uint16_t *x, const
     fast_tts_run_parallel(matmul_thread, &job, threads);
 }
 
-static void vector_or_amx_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
-                                int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
-    fast_tts_matmul_tile_range(x, packed, bias, y, m, n, k, float_out, first, last);
-}
-
 /* The whole product, its tiles shared out over `threads` pool threads. */
 void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads) {
-    fast_tts_share_tiles(vector_or_amx_range, x, packed, bias, y, m, n, k, float_out, threads);
+    fast_tts_share_tiles(fast_tts_matmul_tile_range, x, packed, bias, y, m, n, k, float_out, threads);
 }

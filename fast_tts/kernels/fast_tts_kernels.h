@@ -31,7 +31,7 @@ void fast_tts_wait_a_little(int *spins);
 void fast_tts_pack_bf16(const uint16_t *weight, uint16_t *packed, int64_t n, int64_t k);
 void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads);
-void fast_tts_matmul_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
+void fast_tts_matmul_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
 /* bf16 products through AMX tiles where k % 32 == 0 (on = 1, and the CPU has FAST_TTS_CPU_AMXBF16) or through the
  * vector kernel (on = 0, the default); returns 1 when AMX is now in use. */
