@@ -12,8 +12,8 @@ import sys
 from setuptools import Extension, setup
 
 KERNELS = "fast_tts/kernels/"
-SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "amx_matmul.c", "f32_matmul.c", "decode_step.c", "decode_ops.c",
-           "decode_f32.c"]
+SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "amx_matmul.c", "int4_matmul.c", "f32_matmul.c", "decode_step.c",
+           "decode_ops.c", "decode_f32.c"]
 
 native = Extension(
     "fast_tts.kernels._native",

@@ -55,6 +55,7 @@ ROWS = [
     Row("torch float32", "torch", None, {"dtype": "float32"}),
     Row("torch bf16", "torch", None, {"dtype": "bfloat16"}),
     Row("torch int8", "torch", None, {"dtype": "bfloat16", "quantize": "int8"}),  # needs AMX-INT8
+    Row("torch int4", "torch", None, {"dtype": "bfloat16", "quantize": "int4"}),  # needs AVX-512 VNNI
     Row("llama.cpp f16", "llama-cpp", "llama-cpp", {"gguf_type": "f16"}),
     Row("llama.cpp q8_0", "llama-cpp", "llama-cpp", {"gguf_type": "q8_0"}),
     Row("llama.cpp q4_0", "llama-cpp", "llama-cpp", {"gguf_type": "q4_0"}),

@@ -16,10 +16,12 @@ from fast_tts.kernels.linear import (
     PackedLinear,
     TiledBF16Linear,
     TiledF32Linear,
+    TiledInt4Linear,
     TiledInt8Linear,
     _TiledLinear,
     native_available,
     pack_linears,
+    quantize_groups,
     quantize_rows,
 )
 from fast_tts.models.transformer import DecoderConfig, Transformer
@@ -472,11 +474,109 @@ def test_int8_is_refused_with_the_reason(monkeypatch) -> None:
     from fast_tts.backends import create_backend, torch_runner
     from fast_tts.errors import InvalidInputError
 
-    with pytest.raises(InvalidInputError, match="one of int8, not 'int4'"):
-        create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int4")
+    with pytest.raises(InvalidInputError, match="one of int8, int4, not 'int2'"):
+        create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int2")
     with pytest.raises(InvalidInputError, match="pass dtype='bfloat16'"):
         create_backend("torch", _TinyLM(), dtype="float32", quantize="int8")
-    monkeypatch.setattr(torch_runner, "int8_available", lambda: False)
+    monkeypatch.setattr(torch_runner, "quantized_available", lambda quantize: False)
     with pytest.raises(InvalidInputError, match="AMX-INT8") as err:
         create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int8")
     assert err.value.field == "quantize"
+    with pytest.raises(InvalidInputError, match="AVX-512 VNNI") as err:
+        create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int4")
+    assert err.value.field == "quantize"
+
+
+needs_int4 = pytest.mark.skipif(not (CAN_RUN and "avx512_vnni" in _cpu_flags()),
+                                reason="this CPU lacks AVX-512 VNNI (or is not x86-64 Linux)")
+
+
+def _int4_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The 4-bit kernel's result in torch, float32: weights to -8..7 and activations to int8 in groups of 64, exact
+    integer sums per group, the groups added up in order with their scales."""
+    xq, xs = quantize_groups(x.to(torch.bfloat16), 127, 64)
+    wq, ws = quantize_groups(weight, 7, 64)
+    m, n, groups = x.shape[0], weight.shape[0], x.shape[1] // 64
+    sums = torch.einsum("mgi,ngi->mng", xq.double().view(m, groups, 64), wq.double().view(n, groups, 64)).float()
+    out = torch.zeros(m, n)
+    for g in range(groups):
+        out = out + sums[..., g] * (xs[:, g, None] * ws[None, :, g])
+    return out if bias is None else out + bias.float()
+
+
+@needs_int4
+@pytest.mark.parametrize("rows", [1, 3, 5, 33, 70])  # 5: two passes of 4 rows; 33, 70: several quantized chunks
+@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
+                                                                   (45, 192, True)])
+@pytest.mark.parametrize("float_out", [False, True])
+def test_int4_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
+                                                         float_out: bool) -> None:
+    """4-bit grouped weights, int8 grouped activations, exact int32 group sums, float32 scaling: the kernel and
+    `_int4_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
+    torch.manual_seed(rows + in_features)
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(rows, in_features).to(torch.bfloat16)
+    layer = TiledInt4Linear(lin, float_out=float_out)
+    with torch.no_grad():
+        got = layer(x)
+        want = _int4_reference(x, lin.weight, lin.bias)
+        assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
+        assert torch.equal(layer(x[-1:]), got[-1:])
+        # and near the float product: a 4-bit step is a seventh of a group's largest weight
+        error = (want - (x.float() @ lin.weight.T + (lin.bias if bias else 0))).norm() / want.norm()
+    assert error < 0.15
+
+
+def test_group_quantization_rounds_half_to_even_and_keeps_zero_groups() -> None:
+    x = torch.tensor([[7.0, 3.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 8])
+    q, scales = quantize_groups(x, 7, 4)
+    assert q.tolist() == [[7, 4, 0, 0, 0, 0, 0, 0], [0] * 8]  # 3.5 -> 4 and -0.5 -> 0: halves to even
+    assert scales.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+@needs_int4
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_int4_decode_step_equals_the_torch_step(threads: int, monkeypatch) -> None:
+    """4-bit linears under the bf16 step: the torch code runs the same 4-bit products, so the two agree as the
+    bf16 steps do."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    model = _random_decoder(DecoderConfig(128, 256, 2, 4, 2, qkv_bias=True), seed=4)
+    assert pack_linears(model, quantize="int4") == 8
+    assert all(isinstance(m, TiledInt4Linear) for m in model.modules() if isinstance(m, _TiledLinear))
+    got, want, cache, want_cache = _native_and_torch_step(model, torch.bfloat16)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(cache.k.float(), want_cache[0].float(), rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(cache.v[0], want_cache[1][0], rtol=0, atol=0)  # layer 0: the same 4-bit qkv product
+
+
+@needs_int4
+async def test_int4_backend_tokens_agree_with_and_without_the_native_step(monkeypatch) -> None:
+    from fast_tts.backends import create_backend
+    from fast_tts.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.7, max_new_tokens=12, seed=5, return_hidden=True)
+    prompt = torch.randint(0, 50, (9, 1), generator=torch.Generator().manual_seed(1))
+    results = []
+    for native_step in (True, False):
+        if not native_step:
+            monkeypatch.setattr(Transformer, "native_decoder", lambda self, cache: None)
+        b = create_backend("torch", _TinyLM(), max_batch=2, max_seq=64, dtype="bfloat16", quantize="int4")
+        try:
+            assert (b.runner.native is not None) is native_step
+            assert isinstance(b.runner.model.layers[0].mlp.down_proj, TiledInt4Linear)
+            results.append(await b.submit(prompt, params).collect())
+        finally:
+            await b.shutdown()
+    assert torch.equal(results[0].token_ids, results[1].token_ids)
+    torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=2e-2, atol=2e-2)
+
+
+@needs_int4
+def test_g2p_head_keeps_eight_bits_under_four_bit_layers() -> None:
+    from fast_tts.kernels.linear import quantized_available
+    from fast_tts.models.megatts3.g2p import G2P
+
+    model = G2P(DecoderConfig(64, 128, 1, 4, 2, qkv_bias=True), 96, True, tokenizer=None, speech_start=0)
+    model.prepare_for_backend(torch.bfloat16, torch.device("cpu"), quantize="int4")
+    want = TiledInt8Linear if quantized_available("int8") else TiledBF16Linear
+    assert type(model._decode_head) is want

@@ -19,7 +19,7 @@ import torch
 from fast_tts.backends.scheduler import PrefillChunk, StepPlan, StepResult
 from fast_tts.devices import resolve_dtype
 from fast_tts.errors import InvalidInputError
-from fast_tts.kernels.linear import int8_available, pack_linears, packing_available
+from fast_tts.kernels.linear import QUANTIZED, pack_linears, packing_available, quantized_available
 from fast_tts.models.lm import LMAdapter
 from fast_tts.models.transformer import KVCache, NativeDecoder
 from fast_tts.sampling import BatchSampler, SamplingParams
@@ -44,26 +44,28 @@ class Sampled:
     hidden: torch.Tensor
 
 
-QUANTIZE = ("int8",)
+NEEDS = {  # what each scheme's kernel needs, for the refusal
+    "int8": "AMX-INT8 (Intel Xeon 4th generation or later)",
+    "int4": "AVX-512 VNNI and BF16 (Intel Xeon 3rd generation or later, AMD Zen 4 or later)",
+}
 
 
 def _check_quantize(quantize: str | None, dtype: torch.dtype, device: torch.device, compile: bool) -> None:
     """`quantize` names a scheme this runner can run here, or the error says what is missing."""
     if quantize is None:
         return
-    if quantize not in QUANTIZE:
-        raise InvalidInputError(f"quantize must be None or one of {', '.join(QUANTIZE)}, not {quantize!r}",
+    if quantize not in QUANTIZED:
+        raise InvalidInputError(f"quantize must be None or one of {', '.join(QUANTIZED)}, not {quantize!r}",
                                 "quantize")
     if dtype != torch.bfloat16:
         raise InvalidInputError(f"quantize={quantize!r} computes in bfloat16: pass dtype='bfloat16'", "quantize")
     if device.type != "cpu" or compile:
         raise InvalidInputError(f"quantize={quantize!r} runs on the CPU kernels: device='cpu' without compile",
                                 "quantize")
-    if not int8_available():
+    if not quantized_available(quantize):
         raise InvalidInputError(
-            f"quantize={quantize!r} needs fast-tts's native kernels on a CPU with AMX-INT8 (Intel Xeon 4th "
-            "generation or later) and an OS that grants it; this machine has not; use dtype='bfloat16' alone",
-            "quantize")
+            f"quantize={quantize!r} needs fast-tts's native kernels on a CPU with {NEEDS[quantize]} and an OS that "
+            "grants it; this machine has not; use dtype='bfloat16' alone", "quantize")
 
 
 class TorchRunner:

@@ -3,7 +3,8 @@
 Decode on CPU is bound by how fast the weights stream from memory; oneDNN's prepacked paths read them at about half
 the bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight strictly in sequence with AVX-512 BF16 and
 reaches the read bandwidth (`amx_matmul.c` computes the same product with AMX tiles where the CPU has them, so that a
-batch of rows costs what one row does; `f32_matmul.c` is the float32 twin, needing AVX-512 F only); `decode_step.c`
+batch of rows costs what one row does; `int4_matmul.c` reads 4-bit weights in groups with AVX-512 VNNI;
+`f32_matmul.c` is the float32 twin, needing AVX-512 F only); `decode_step.c`
 runs a whole decode step of a Llama/Qwen2 decoder in one call, with the operations of `decode_ops.h` for bf16
 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool. `linear.py` swaps `nn.Linear` layers
 for these kernels, `decode.py` drives the decode step.
@@ -55,6 +56,11 @@ class Native:
     def amx_int8(self) -> bool:
         """The int8-weight product runs here (`amx_matmul.c`: AMX-INT8)."""
         return bool(self.features & self.lib.FAST_TTS_CPU_AMXINT8)
+
+    @property
+    def vnni(self) -> bool:
+        """The 4-bit-weight product runs here (`int4_matmul.c`: AVX-512 VNNI and BF16)."""
+        return bool(self.features & self.lib.FAST_TTS_CPU_AVX512VNNI)
 
     @property
     def amx(self) -> bool:

@@ -1,5 +1,5 @@
-"""A whole decode step of a bf16, int8-weight or float32 Llama/Qwen2 decoder on CPU in one native call
-(`decode_step.c`).
+"""A whole decode step of a bf16 (bf16, int8 or 4-bit weights) or float32 Llama/Qwen2 decoder on CPU in one native
+call (`decode_step.c`).
 
 A decode step (one new position per row) is, per layer, four matmuls and about fifty small tensor operations whose
 dispatch cost about a third of a batch-1 step. `DecodeStep` runs the same step as one call: the tiled matmuls, the
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from fast_tts.kernels import Native, native
-from fast_tts.kernels.linear import TILED, TiledBF16Linear, TiledF32Linear, TiledInt8Linear
+from fast_tts.kernels.linear import TILED, TiledBF16Linear, TiledF32Linear, TiledInt4Linear, TiledInt8Linear
 
-Tiled = TiledBF16Linear | TiledF32Linear | TiledInt8Linear
+Tiled = TiledBF16Linear | TiledF32Linear | TiledInt8Linear | TiledInt4Linear
 
 _BUFFERS = ("normed", "qkv", "attended", "projected", "gate_up", "activated", "q", "scores")
 
@@ -41,7 +41,7 @@ class DecoderShape:
 @dataclass(frozen=True)
 class DecodeLayer:
     """One layer's norm weights, tiled linears (qkv fused, gate and up fused) and its cache
-    (max_rows, kv_heads, max_seq, head_dim), all bf16 or all float32 (int8 linears go with bf16)."""
+    (max_rows, kv_heads, max_seq, head_dim), all bf16 or all float32 (int8 or 4-bit linears go with bf16)."""
 
     input_norm: torch.Tensor
     post_norm: torch.Tensor
@@ -59,14 +59,17 @@ class DecodeLayer:
 
 def _step_kind(lib: Native, dtype: torch.dtype, layers: Sequence[DecodeLayer]) -> int | None:
     """The native kind of step for these layers' linears in activation dtype `dtype`, or None: every linear the
-    dtype's tiled kernel, or (bf16) every one int8, unpadded and not float_out, on a CPU that runs them."""
+    dtype's tiled kernel, or (bf16) every one int8 or every one 4-bit, unpadded and not float_out, on a CPU that
+    runs them."""
     linears = [m for layer in layers for m in layer.linears]
+    kinds = {TiledInt8Linear: lib.lib.FAST_TTS_STEP_INT8, TiledInt4Linear: lib.lib.FAST_TTS_STEP_INT4}
     if dtype not in TILED:
         return None
     if all(type(m) is TILED[dtype] for m in linears) and TILED[dtype].runs_on(lib):
         kind = lib.lib.FAST_TTS_STEP_FLOAT32 if dtype == torch.float32 else lib.lib.FAST_TTS_STEP_BF16
-    elif dtype == torch.bfloat16 and all(type(m) is TiledInt8Linear for m in linears) and lib.amx_int8 and lib.bf16:
-        kind = lib.lib.FAST_TTS_STEP_INT8
+    elif dtype == torch.bfloat16 and linears and type(linears[0]) in kinds and lib.bf16 \
+            and all(type(m) is type(linears[0]) for m in linears) and type(linears[0]).runs_on(lib):
+        kind = kinds[type(linears[0])]
     else:
         return None
     whole = all(m.padded_features == m.out_features and not getattr(m, "float_out", False) for m in linears)

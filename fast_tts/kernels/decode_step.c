@@ -3,8 +3,8 @@
  * Between its matmuls a decoder layer runs about fifty tiny torch operations per step (norms, rotary embedding,
  * cache writes, attention, SwiGLU), and every torch or ctypes call would start the threads again; at batch 1 that
  * dispatch cost a third of the step. Here the step's order of operations and its barriers are written once; the
- * operations themselves come from a table per kind of step: bf16 or int8 weights with bf16 activations (decode_ops.c),
- * or float32 (decode_f32.c).
+ * operations themselves come from a table per kind of step: bf16, int8 or 4-bit weights with bf16 activations
+ * (decode_ops.c), or float32 (decode_f32.c).
  */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -98,6 +98,7 @@ static void step_thread(void *arg, int id, int threads) {
 }
 
 static const fast_tts_step_ops *ops_of(int kind) {
+    if (kind == FAST_TTS_STEP_INT4) return &fast_tts_int4_step_ops;
 #ifdef FAST_TTS_AMX
     if (kind == FAST_TTS_STEP_INT8) return &fast_tts_int8_step_ops;
 #endif

@@ -18,7 +18,10 @@
 #define FAST_TTS_CPU_AVX512BF16 2 /* the bf16 kernels and decode steps (with AVX-512 F, BW and VL) */
 #define FAST_TTS_CPU_AMXBF16 4    /* bf16 products through AMX tiles (amx_matmul.c), the OS permitting */
 #define FAST_TTS_CPU_AMXINT8 8    /* the int8-weight product (amx_matmul.c), the OS permitting */
+#define FAST_TTS_CPU_AVX512VNNI 16 /* the 4-bit-weight product (int4_matmul.c), with the bf16 kernels */
 #define FAST_TTS_MAX_INT8_COLUMNS 8192 /* in_features of an int8-weight product at most */
+#define FAST_TTS_INT4_GROUP 64         /* inputs per scale of a 4-bit weight */
+#define FAST_TTS_MAX_INT4_COLUMNS 8192 /* in_features of a 4-bit-weight product at most */
 
 int fast_tts_cpu_features(void);
 
@@ -43,6 +46,12 @@ float fast_tts_quantize_row_int8(const uint16_t *x, int8_t *q, int64_t k);
 void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads);
 
+/* int4_matmul.c: 4-bit weights in groups of FAST_TTS_INT4_GROUP with a float32 scale each, times bf16 activations
+ * quantized to int8 per group */
+void fast_tts_quantize_groups_int8(const uint16_t *x, int8_t *q, float *scales, int32_t *sums, int64_t k);
+void fast_tts_matmul_int4(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                          int64_t k, int float_out, int threads);
+
 /* f32_matmul.c */
 void fast_tts_pack_f32(const float *weight, float *packed, int64_t n, int64_t k);
 void fast_tts_matmul_f32(const float *x, const float *packed, const float *bias, float *y, int64_t m, int64_t n,
@@ -56,6 +65,7 @@ void fast_tts_matmul_f32_tile_range(const float *x, const float *packed, const f
 #define FAST_TTS_STEP_BF16 0    /* bf16 weights, activations and cache (decode_ops.c) */
 #define FAST_TTS_STEP_FLOAT32 1 /* float32 weights, activations and cache (decode_f32.c) */
 #define FAST_TTS_STEP_INT8 2    /* int8 weights (fast_tts_pack_int8 + scales), bf16 activations and cache */
+#define FAST_TTS_STEP_INT4 3    /* 4-bit weights (int4_matmul.c's layout), bf16 activations and cache */
 
 /* decode_step.c: one decoder layer's weights (packed by fast_tts_pack_bf16 or fast_tts_pack_f32; biases float32
  * or NULL) and its cache. Element pointers hold bf16 (as uint16) or float32, as the step's `float32` flag says. */
@@ -108,6 +118,9 @@ void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const fl
 void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                               int64_t k, int float_out, int64_t first, int64_t last);
 #endif
+/* int4_matmul.c: tiles first..last-1 of fast_tts_matmul_int4's product. */
+void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                              int64_t k, int float_out, int64_t first, int64_t last);
 /* FAST_TTS_CPU_AMXBF16 | FAST_TTS_CPU_AMXINT8 as far as the CPU has them and the OS lets this process use the
  * tiles (asking is idempotent); 0 without. */
 int fast_tts_amx_available(void);
@@ -132,5 +145,6 @@ typedef struct {
 extern const fast_tts_step_ops fast_tts_bf16_step_ops; /* decode_ops.c (AVX-512 BF16) */
 extern const fast_tts_step_ops fast_tts_f32_step_ops;  /* decode_f32.c (AVX-512 F) */
 extern const fast_tts_step_ops fast_tts_int8_step_ops; /* decode_ops.c (AVX-512 BF16 and AMX-INT8) */
+extern const fast_tts_step_ops fast_tts_int4_step_ops; /* decode_ops.c (AVX-512 BF16 and VNNI) */
 
 #endif

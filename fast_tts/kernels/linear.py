@@ -5,7 +5,8 @@ Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast th
   `TiledF32Linear` (float32, AVX-512 F) read the weight at the memory read bandwidth at batch 1 to 8 (oneDNN's
   prepacked paths reach about half of it);
 - otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback;
-- on request (`pack_linears(quantize="int8")`), `TiledInt8Linear`: int8 weights on AMX-INT8, half bf16's bytes.
+- on request (`pack_linears(quantize=...)`), `TiledInt8Linear`: int8 weights on AMX-INT8, half bf16's bytes, or
+  `TiledInt4Linear`: 4-bit weights in groups on AVX-512 VNNI, a little over a quarter of them.
 `pack_linears` swaps each `nn.Linear` of a module once; each path is checked against `F.linear` on a probe first.
 """
 
@@ -194,13 +195,57 @@ class TiledInt8Linear(TiledBF16Linear):
         return packed
 
 
+class TiledInt4Linear(TiledBF16Linear):
+    """`nn.Linear` with 4-bit weights on AVX-512 VNNI (`int4_matmul.c`), for 4.5 bits per weight.
+
+    The weight is quantized once in groups of 64 inputs per output row, symmetrically to -8..7 (scale max|w| / 7,
+    round to nearest even); each product quantizes its bf16 input rows to int8 in the same groups (scale max|x| /
+    127), sums each group exactly in int32, and adds the groups up scaled in float32 (tests/test_native_kernels.py
+    repeats the arithmetic in torch). `float_out=True` returns the float32 result.
+    """
+
+    weight_dtype = torch.float32
+    _matmul = "fast_tts_matmul_int4"
+
+    @staticmethod
+    def runs_on(lib: Native) -> bool:
+        return lib.vnni
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        lib = native()
+        if lib is None:
+            return False
+        group, most = lib.lib.FAST_TTS_INT4_GROUP, lib.lib.FAST_TTS_MAX_INT4_COLUMNS
+        return linear.weight.device.type == "cpu" and linear.in_features % group == 0 and linear.in_features <= most
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        tile, group = self._native.lib.FAST_TTS_TILE, self._native.lib.FAST_TTS_INT4_GROUP
+        q, scales = quantize_groups(weight, 7, group)
+        tiles, groups = self.padded_features // tile, self.in_features // group
+        # (tile, half, row, group, quad, input) -> per tile and group: quads of 16 rows x 4 inputs, the tile's first
+        # half in the low nibbles and its second half in the high ones (int4_matmul.c describes the layout)
+        u = (q + 8).to(torch.uint8).view(tiles, 2, tile // 2, groups, group // 4, 4).permute(0, 3, 4, 2, 5, 1)
+        nibbles = (u[..., 0] | (u[..., 1] << 4)).reshape(tiles, groups, -1)
+        scale_bytes = scales.view(tiles, tile, groups).permute(0, 2, 1).contiguous().view(torch.uint8)
+        return torch.cat([nibbles, scale_bytes], dim=2).reshape(-1)
+
+
+def quantize_groups(x: torch.Tensor, levels: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantization of the last dimension in groups of `group`, as the kernels do it: int8 values in
+    -levels-1..levels (round half to even) and float32 scales max|x| / levels of shape (..., groups)."""
+    x = x.float()
+    grouped = x.reshape(*x.shape[:-1], x.shape[-1] // group, group)
+    top = grouped.abs().amax(dim=-1)
+    inverse = torch.full_like(top, float(levels)).div(top).where(top > 0, 0.0)  # a true division, as in C
+    q = torch.round(grouped * inverse[..., None]).clamp(-levels - 1, levels).to(torch.int8)
+    return q.reshape(x.shape).contiguous(), top / levels
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row, as the int8 kernel does it: (int8 values, float32 scales max|x| / 127)."""
-    x = x.float()
-    top = x.abs().amax(dim=-1)
-    inverse = torch.full_like(top, 127.0).div(top).where(top > 0, 0.0)  # a true division (`127.0 / top` is not)
-    q = torch.round(x * inverse[..., None]).clamp(-128, 127).to(torch.int8)  # round half to even
-    return q.contiguous(), top / 127.0
+    q, scales = quantize_groups(x, 127, x.shape[-1])
+    return q, scales[..., 0]
 
 
 def tiled_layout_fits(linear: nn.Linear) -> bool:
@@ -245,18 +290,22 @@ def packing_available(dtype: torch.dtype) -> bool:
     return native_available(dtype) or _matches_linear(PackedLinear, dtype)
 
 
+QUANTIZED: dict[str, type[TiledBF16Linear]] = {"int8": TiledInt8Linear, "int4": TiledInt4Linear}
+
+
 def pack_linears(module: nn.Module, quantize: str | None = None) -> int:
     """Replace every `nn.Linear` under `module` by the fastest packed layer that fits, in place; returns how many.
-    `quantize="int8"` puts bf16 layers whose shape fits on the int8 kernel (`TiledInt8Linear`; callers check
-    `int8_available()` first)."""
+    `quantize` ("int8" or "int4", a key of QUANTIZED) puts bf16 layers whose shape fits on that kernel (callers
+    check `quantized_available(quantize)` first)."""
     usable = {dtype: native_available(dtype) for dtype in TILED}
+    quantized = QUANTIZED[quantize] if quantize is not None else None
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 dtype = child.weight.dtype
-                if quantize == "int8" and dtype == torch.bfloat16 and TiledInt8Linear.fits(child):
-                    packed: nn.Module = TiledInt8Linear(child)
+                if quantized is not None and dtype == torch.bfloat16 and quantized.fits(child):
+                    packed: nn.Module = quantized(child)
                 elif usable.get(dtype, False) and tiled_layout_fits(child):
                     packed = TILED[dtype](child)
                 else:
@@ -266,7 +315,8 @@ def pack_linears(module: nn.Module, quantize: str | None = None) -> int:
     return swapped
 
 
-def int8_available() -> bool:
-    """True when the int8-weight kernel (AMX-INT8) runs here."""
+def quantized_available(quantize: str) -> bool:
+    """True when the kernel of scheme `quantize` (a key of QUANTIZED) runs here: int8 needs AMX-INT8, int4 AVX-512
+    VNNI (both with AVX-512 BF16)."""
     lib = native()
-    return lib is not None and lib.amx_int8
+    return lib is not None and lib.bf16 and QUANTIZED[quantize].runs_on(lib)

@@ -13,6 +13,8 @@ int fast_tts_cpu_features(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
         features |= FAST_TTS_CPU_AVX512BF16;
+    if ((features & FAST_TTS_CPU_AVX512BF16) && __builtin_cpu_supports("avx512vnni"))
+        features |= FAST_TTS_CPU_AVX512VNNI;
     if (features & FAST_TTS_CPU_AVX512BF16) features |= fast_tts_amx_available();
     return features;
 #else

@@ -115,15 +115,22 @@ class G2P(nn.Module):
 
     def prepare_for_backend(self, dtype: torch.dtype, device: torch.device, quantize: str | None = None) -> None:
         """For a bf16 backend on CPU, read the head (a third of Qwen2.5-0.5B) as a tiled bf16 copy through the
-        native kernel, with float32 sums, instead of streaming the float32 matrix every step; with
-        `quantize="int8"`, as an int8 copy (the decoder's linears are int8 then too)."""
-        from fast_tts.kernels.linear import TiledBF16Linear, TiledInt8Linear, native_bf16_available, tiled_layout_fits
+        native kernel, with float32 sums, instead of streaming the float32 matrix every step; with `quantize` set
+        ("int8" or "int4", the decoder's linears), as an int8 copy where the CPU runs int8 products: the head keeps
+        8 bits under 4-bit layers, as llama.cpp's 4-bit files keep their output matrix at 6 to 8 bits."""
+        from fast_tts.kernels.linear import (
+            TiledBF16Linear,
+            TiledInt8Linear,
+            native_bf16_available,
+            quantized_available,
+            tiled_layout_fits,
+        )
 
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         head.weight = nn.Parameter(weight.detach(), requires_grad=False)
         usable = dtype == torch.bfloat16 and device.type == "cpu" and weight.device.type == "cpu"
-        if usable and quantize == "int8" and TiledInt8Linear.fits(head):
+        if usable and quantize is not None and quantized_available("int8") and TiledInt8Linear.fits(head):
             self._decode_head = TiledInt8Linear(head, float_out=True)
         elif usable and tiled_layout_fits(head) and native_bf16_available():
             self._decode_head = TiledBF16Linear(head, float_out=True)
