@@ -12,6 +12,7 @@ from megatts3_checkpoint import DEFAULT_ALIGNER_SEQ
 from megatts3_fixtures import aligner_variant, encoder_variant, mega_root  # noqa: F401  (mega_root: fixture)
 
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
+from fast_tts.kernels.linear import quantized_available
 
 FAST = {"time_step": 1, "dur_alpha": 0.1, "seed": 7}  # short target audio keeps the full-size DiT/WaveVAE quick
 
@@ -150,5 +151,22 @@ async def test_a_wav_alone_clones_when_the_checkpoint_has_the_wavvae_encoder(meg
         assert given.shape == alone.shape and int(np.abs(given.astype(np.int32) - alone).max()) <= 2
         with pytest.raises(InvalidInputError, match="does not belong"):  # a given latent is still checked
             await eng.clone_voice_async("Hello there.", (wav, latent[:, :2]), **FAST)
+    finally:
+        await eng.shutdown()
+
+
+@pytest.mark.skipif(not quantized_available("int4"), reason="this CPU lacks AVX-512 VNNI and BF16")
+async def test_the_g2p_runs_on_4_bit_weights_when_asked(mega_root, tmp_path) -> None:  # noqa: F811
+    from fast_tts.engine.megatts3 import AsyncMega3Engine
+    from fast_tts.kernels.linear import TiledInt4Linear
+
+    eng = AsyncMega3Engine(aligner_variant(mega_root, DEFAULT_ALIGNER_SEQ),
+                           backend_options={"dtype": "bfloat16", "quantize": "int4"})
+    try:
+        linears = [m for m in eng.models.g2p.transformer.modules() if isinstance(m, TiledInt4Linear)]
+        assert len(linears) == 4 * len(eng.models.g2p.transformer.layers)
+        wav, npy = _prompt(tmp_path)
+        out = await eng.clone_voice_async("Hello there.", (wav, npy), **FAST)
+        assert out.dtype == np.int16 and out.size > 24000 * 0.3 and int(np.abs(out).max()) > 0
     finally:
         await eng.shutdown()
