@@ -57,14 +57,14 @@ def test_the_installed_kernels_load_wherever_the_cpu_runs_them() -> None:
 
 
 @pytest.fixture(params=["vector", "amx"])
-def bf16_path(request: pytest.FixtureRequest):
-    """Run a bf16 test with the products on the vector kernel, then on AMX tiles where the CPU has them."""
+def amx_switch(request: pytest.FixtureRequest):
+    """Run a test with the products on the vector kernels, then with AMX tiles where the CPU has them."""
     lib = kernels.native()
-    if request.param == "amx" and not lib.amx:
+    if request.param == "amx" and not (lib.amx or lib.amx_int8):
         pytest.skip("this CPU (or its OS) gives no AMX tiles")
     lib.lib.fast_tts_use_amx(int(request.param == "amx"))
     yield request.param
-    lib.lib.fast_tts_use_amx(int(lib.amx))
+    lib.lib.fast_tts_use_amx(1)  # as the library is loaded
 
 
 def _reference(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
@@ -74,7 +74,7 @@ def _reference(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
 
 
 @needs_kernel
-@pytest.mark.usefixtures("bf16_path")
+@pytest.mark.usefixtures("amx_switch")
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 64])
 @pytest.mark.parametrize(
     ("out_features", "in_features", "bias"), [(32, 2, False), (96, 64, True), (2304, 768, True), (45, 16, True)]
@@ -109,7 +109,7 @@ def test_tiled_float32_linear_matches_a_float64_product(rows: int, out_features:
 
 
 @needs_kernel
-@pytest.mark.usefixtures("bf16_path")
+@pytest.mark.usefixtures("amx_switch")
 def test_tiled_linear_takes_batched_and_strided_inputs() -> None:
     lin = nn.Linear(64, 96).to(torch.bfloat16)
     layer = TiledBF16Linear(lin)
@@ -232,7 +232,7 @@ def _native_and_torch_step(model: Transformer, dtype: torch.dtype):
 
 
 @needs_kernel
-@pytest.mark.usefixtures("bf16_path")
+@pytest.mark.usefixtures("amx_switch")
 @pytest.mark.parametrize(
     "cfg",
     [DecoderConfig(128, 256, 2, 4, 4), DecoderConfig(128, 320, 2, 4, 2, qkv_bias=True)],  # Llama; Qwen2-like GQA
@@ -357,7 +357,7 @@ async def test_backend_tokens_agree_with_and_without_the_native_path() -> None:
 
 
 @needs_kernel
-@pytest.mark.usefixtures("bf16_path")
+@pytest.mark.usefixtures("amx_switch")
 @pytest.mark.parametrize("rows", [1, 3, 11])
 def test_float_output_keeps_the_float32_sums(rows: int) -> None:
     lin = nn.Linear(96, 64).to(torch.bfloat16)
@@ -369,7 +369,7 @@ def test_float_output_keeps_the_float32_sums(rows: int) -> None:
 
 
 @needs_kernel
-@pytest.mark.usefixtures("bf16_path")
+@pytest.mark.usefixtures("amx_switch")
 def test_a_rows_product_does_not_depend_on_the_rows_beside_it() -> None:
     """Batch invariance: a row's product is bit-equal alone and in any batch (AMX takes 16 rows per tile)."""
     torch.manual_seed(3)
@@ -505,7 +505,9 @@ def _int4_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 @needs_int4
-@pytest.mark.parametrize("rows", [1, 3, 5, 33, 70])  # 5: two passes of 4 rows; 33, 70: several quantized chunks
+@pytest.mark.usefixtures("amx_switch")
+# 5: two vector passes or one AMX block; 17: two AMX blocks; 33, 70: several quantized chunks, the last of 1 or 6
+@pytest.mark.parametrize("rows", [1, 3, 5, 17, 33, 70])
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
                                                                    (45, 192, True)])
 @pytest.mark.parametrize("float_out", [False, True])

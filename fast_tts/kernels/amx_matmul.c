@@ -46,6 +46,17 @@ int fast_tts_amx_available(void) {
     return (bf16 ? FAST_TTS_CPU_AMXBF16 : 0) | (int8 ? FAST_TTS_CPU_AMXINT8 : 0);
 }
 
+static int amx_on; /* the FAST_TTS_CPU_AMX* bits that fast_tts_use_amx switched on */
+
+int fast_tts_use_amx(int on) {
+    static int available = -1;
+    if (available < 0) available = fast_tts_amx_available();
+    amx_on = on ? available : 0;
+    return amx_on != 0;
+}
+
+int fast_tts_amx_enabled(int feature) { return (amx_on & feature) != 0; }
+
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t bytes_per_row[16];
@@ -195,8 +206,76 @@ void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bi
     fast_tts_share_tiles(fast_tts_int8_tile_range, x, packed, bias, y, m, n, k, float_out, threads);
 }
 
+/* The 4-bit product of int4_matmul.c through AMX-INT8, from the same packed weight and quantized activations, with
+ * the same arithmetic: each group's 16 quads, unpacked to signed int8 (nibble - 8), form a B tile as they stand, so
+ * `tdpbssd` gives the group's exact int32 sums for up to 16 rows at once; the groups are then added up in float32 in
+ * the vector kernel's order. */
+void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *x_scales, const float *bias, void *y,
+                             int64_t m, int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
+    const int64_t groups = k / FAST_TTS_INT4_GROUP;
+    const __m512i nibble = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+    int8_t weights[2][16 * 64] __attribute__((aligned(64))); /* B tiles: the group's first and second 16 outputs */
+    int32_t sums[2][ROWS * 16];
+    float acc[ROWS][TILE];
+    int configured = 0;
+    for (int64_t t = first; t < last; t++) {
+        const uint8_t *tile = (const uint8_t *)packed + t * groups * FAST_TTS_INT4_BLOCK_BYTES;
+        __m512 bias_lo = bias ? _mm512_loadu_ps(bias + t * TILE) : _mm512_setzero_ps();
+        __m512 bias_hi = bias ? _mm512_loadu_ps(bias + t * TILE + 16) : _mm512_setzero_ps();
+        for (int64_t row = 0; row < m; row += ROWS) {
+            int rows = (int)(m - row < ROWS ? m - row : ROWS);
+            if (rows != configured) configure(rows), configured = rows;
+            memset(acc, 0, sizeof acc);
+            for (int64_t g = 0; g < groups; g++) {
+                const uint8_t *block = tile + g * FAST_TTS_INT4_BLOCK_BYTES;
+                for (int quad = 0; quad < FAST_TTS_INT4_GROUP / 4; quad++) {
+                    __m512i v = _mm512_loadu_si512(block + quad * 64);
+                    __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, nibble), eight);
+                    __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), eight);
+                    _mm512_store_si512(weights[0] + quad * 64, lo);
+                    _mm512_store_si512(weights[1] + quad * 64, hi);
+                }
+                _tile_zero(OUT_LO);
+                _tile_zero(OUT_HI);
+                _tile_loadd(X_TILE, xq + row * k + g * FAST_TTS_INT4_GROUP, k);
+                _tile_loadd(W_LO, weights[0], 64);
+                _tile_loadd(W_HI, weights[1], 64);
+                _tile_dpbssd(OUT_LO, X_TILE, W_LO);
+                _tile_dpbssd(OUT_HI, X_TILE, W_HI);
+                _tile_stored(OUT_LO, sums[0], 64);
+                _tile_stored(OUT_HI, sums[1], 64);
+                const float *w_scales = (const float *)(block + FAST_TTS_INT4_GROUP * TILE / 2);
+                __m512 scale_lo = _mm512_loadu_ps(w_scales), scale_hi = _mm512_loadu_ps(w_scales + 16);
+                for (int b = 0; b < rows; b++) {
+                    __m512 xs = _mm512_set1_ps(x_scales[(row + b) * groups + g]);
+                    __m512 lo = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums[0] + 16 * b));
+                    __m512 hi = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums[1] + 16 * b));
+                    lo = _mm512_add_ps(_mm512_loadu_ps(acc[b]), _mm512_mul_ps(lo, _mm512_mul_ps(xs, scale_lo)));
+                    hi = _mm512_add_ps(_mm512_loadu_ps(acc[b] + 16), _mm512_mul_ps(hi, _mm512_mul_ps(xs, scale_hi)));
+                    _mm512_storeu_ps(acc[b], lo);
+                    _mm512_storeu_ps(acc[b] + 16, hi);
+                }
+            }
+            for (int b = 0; b < rows; b++)
+                store_outputs(y, (size_t)((row + b) * n + t * TILE), _mm512_add_ps(_mm512_loadu_ps(acc[b]), bias_lo),
+                              _mm512_add_ps(_mm512_loadu_ps(acc[b] + 16), bias_hi), float_out);
+        }
+    }
+    if (configured) _tile_release();
+}
+
 #else
 
 int fast_tts_amx_available(void) { return 0; } /* AMX needs Linux's permission call */
+
+int fast_tts_use_amx(int on) {
+    (void)on;
+    return 0;
+}
+
+int fast_tts_amx_enabled(int feature) {
+    (void)feature;
+    return 0;
+}
 
 #endif

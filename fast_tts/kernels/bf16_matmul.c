@@ -8,7 +8,7 @@
  * needs a horizontal sum. Up to 8 activation rows share each weight load; more rows take further passes over a
  * tile that is by then in cache. Tiles are shared out over the threads of pool.c. The loop prefetches the weights
  * PREFETCH_AHEAD column pairs ahead, as f32_matmul.c does (a hint only: the sums are unchanged). Where the CPU has
- * AMX, amx_matmul.c computes the same product from the same layout (fast_tts_use_amx chooses).
+ * AMX, amx_matmul.c computes the same product from the same layout (fast_tts_use_amx switches it).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -68,25 +68,12 @@ static inline __attribute__((always_inline)) void tile_product(const uint16_t *x
     }
 }
 
-static int amx_in_use; /* fast_tts_use_amx */
-
-int fast_tts_use_amx(int on) {
-#ifdef FAST_TTS_AMX
-    static int available = -1;
-    if (available < 0) available = (fast_tts_amx_available() & FAST_TTS_CPU_AMXBF16) != 0;
-    amx_in_use = on && available;
-#else
-    (void)on;
-#endif
-    return amx_in_use;
-}
-
 /* Tiles first..last-1 of y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by
  * fast_tts_pack_bf16. y is bf16, or float32 when float_out is set (logits). */
 void fast_tts_matmul_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
 #ifdef FAST_TTS_AMX
-    if (amx_in_use && k % 32 == 0) {
+    if (k % 32 == 0 && fast_tts_amx_enabled(FAST_TTS_CPU_AMXBF16)) {
         fast_tts_amx_tile_range(x, packed, bias, y, m, n, k, float_out, first, last);
         return;
     }

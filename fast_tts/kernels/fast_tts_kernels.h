@@ -36,8 +36,9 @@ void fast_tts_matmul_bf16(const uint16_t *x, const uint16_t *packed, const float
                           int64_t k, int float_out, int threads);
 void fast_tts_matmul_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m,
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
-/* bf16 products through AMX tiles where k % 32 == 0 (on = 1, and the CPU has FAST_TTS_CPU_AMXBF16) or through the
- * vector kernel (on = 0, the default); returns 1 when AMX is now in use. */
+/* amx_matmul.c: products through AMX tiles where the CPU and OS have them (on = 1; native() switches this on at
+ * load) or through the vector kernels only (on = 0, the default): bf16 where k % 32 == 0 (AMX-BF16), 4-bit weights
+ * at more than 4 rows (AMX-INT8). Either way the sums are the same; returns 1 when some AMX path is now in use. */
 int fast_tts_use_amx(int on);
 
 /* amx_matmul.c: int8 weights with a float32 scale per output row, times bf16 activations quantized per row */
@@ -117,10 +118,20 @@ void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const fl
                              int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
 void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                               int64_t k, int float_out, int64_t first, int64_t last);
+/* The 4-bit product's tiles first..last-1 for m rows already quantized by fast_tts_quantize_groups_int8 (xq: m rows
+ * of k int8; x_scales: m rows of k / FAST_TTS_INT4_GROUP); y (row stride n) starts at the first of those rows. */
+void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *x_scales, const float *bias, void *y,
+                             int64_t m, int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
 #endif
+/* The packed 4-bit weight of int4_matmul.c: per tile of 32 outputs, per group, the group's nibbles and 32 scales. */
+#define FAST_TTS_INT4_BLOCK_BYTES (FAST_TTS_INT4_GROUP * FAST_TTS_TILE / 2 + FAST_TTS_TILE * 4)
+
 /* int4_matmul.c: tiles first..last-1 of fast_tts_matmul_int4's product. */
 void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                               int64_t k, int float_out, int64_t first, int64_t last);
+/* Nonzero when fast_tts_use_amx switched AMX on and the CPU and OS have `feature` (FAST_TTS_CPU_AMXBF16 or
+ * FAST_TTS_CPU_AMXINT8). */
+int fast_tts_amx_enabled(int feature);
 /* FAST_TTS_CPU_AMXBF16 | FAST_TTS_CPU_AMXINT8 as far as the CPU has them and the OS lets this process use the
  * tiles (asking is idempotent); 0 without. */
 int fast_tts_amx_available(void);

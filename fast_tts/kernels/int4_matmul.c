@@ -12,7 +12,8 @@
  * at q * 64, byte c * 4 + i holding (weight + 8) of output row c (low nibble) and row c + 16 (high nibble) at input
  * 4q + i of the group. A mask and a shift turn those 64 bytes into two `vpdpbusd` operands (unsigned 0..15 for
  * 16 rows x 4 inputs each) whose int32 lanes are already the outputs; the +8 offset comes off as 8 x (the group's
- * activation sum), computed with the quantized activations.
+ * activation sum), computed with the quantized activations. At more than 4 rows, where AMX-INT8 is on
+ * (fast_tts_use_amx), amx_matmul.c computes the same numbers from the same layout, 16 rows at a time.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -25,8 +26,8 @@
 
 #define TILE FAST_TTS_TILE
 #define GROUP FAST_TTS_INT4_GROUP
-#define WEIGHT_BYTES (GROUP * TILE / 2)          /* one group of a tile: 1024 bytes of nibbles */
-#define BLOCK_BYTES (WEIGHT_BYTES + TILE * 4)    /* ... and its 32 float32 scales */
+#define WEIGHT_BYTES (GROUP * TILE / 2) /* one group of a tile: 1024 bytes of nibbles, then its 32 float32 scales */
+#define BLOCK_BYTES FAST_TTS_INT4_BLOCK_BYTES
 #define MAX_GROUPS (FAST_TTS_MAX_INT4_COLUMNS / GROUP)
 #define MAX_ROWS 4        /* activation rows per pass over a tile: 16 accumulators stay in registers */
 #define QUANTIZED_ROWS 32 /* activation rows quantized at a time, on the stack */
@@ -122,6 +123,14 @@ void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float
         for (int64_t b = 0; b < chunk_rows; b++)
             fast_tts_quantize_groups_int8(x + (chunk + b) * k, quantized + b * k, x_scales + b * groups,
                                           x_sums + b * groups, k);
+#ifdef FAST_TTS_AMX
+        if (chunk_rows > MAX_ROWS && fast_tts_amx_enabled(FAST_TTS_CPU_AMXINT8)) { /* 16 rows for one row's time */
+            size_t offset = (size_t)(chunk * n);
+            void *yc = float_out ? (void *)((float *)y + offset) : (void *)((uint16_t *)y + offset);
+            fast_tts_int4_amx_tiles(packed, quantized, x_scales, bias, yc, chunk_rows, n, k, float_out, first, last);
+            continue;
+        }
+#endif
         for (int64_t t = first; t < last; t++) {
             const uint8_t *tile = (const uint8_t *)packed + t * (k / GROUP) * BLOCK_BYTES;
             const float *tile_bias = bias ? bias + t * TILE : NULL;
