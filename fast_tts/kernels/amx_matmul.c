@@ -229,6 +229,7 @@ void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *
             for (int64_t g = 0; g < groups; g++) {
                 const uint8_t *block = tile + g * FAST_TTS_INT4_BLOCK_BYTES;
                 for (int quad = 0; quad < FAST_TTS_INT4_GROUP / 4; quad++) {
+                    _mm_prefetch((const char *)(block + quad * 64 + FAST_TTS_INT4_PREFETCH_AHEAD), _MM_HINT_T0);
                     __m512i v = _mm512_loadu_si512(block + quad * 64);
                     __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, nibble), eight);
                     __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), eight);

@@ -125,6 +125,7 @@ void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *
 #endif
 /* The packed 4-bit weight of int4_matmul.c: per tile of 32 outputs, per group, the group's nibbles and 32 scales. */
 #define FAST_TTS_INT4_BLOCK_BYTES (FAST_TTS_INT4_GROUP * FAST_TTS_TILE / 2 + FAST_TTS_TILE * 4)
+#define FAST_TTS_INT4_PREFETCH_AHEAD 2048 /* bytes of it that the 4-bit products prefetch ahead (a hint only) */
 
 /* int4_matmul.c: tiles first..last-1 of fast_tts_matmul_int4's product. */
 void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,

@@ -31,7 +31,6 @@
 #define MAX_GROUPS (FAST_TTS_MAX_INT4_COLUMNS / GROUP)
 #define MAX_ROWS 4        /* activation rows per pass over a tile: 16 accumulators stay in registers */
 #define QUANTIZED_ROWS 32 /* activation rows quantized at a time, on the stack */
-#define PREFETCH_AHEAD 2048 /* bytes: a hint only */
 
 static inline __attribute__((always_inline)) __m512 load_bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
@@ -72,7 +71,7 @@ static inline __attribute__((always_inline)) void tile_rows(const uint8_t *tile,
         __m512i sum_lo[MAX_ROWS], sum_hi[MAX_ROWS];
         for (int b = 0; b < rows; b++) sum_lo[b] = sum_hi[b] = _mm512_setzero_si512();
         for (int quad = 0; quad < GROUP / 4; quad++) {
-            _mm_prefetch((const char *)(block + quad * 64 + PREFETCH_AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(block + quad * 64 + FAST_TTS_INT4_PREFETCH_AHEAD), _MM_HINT_T0);
             __m512i v = _mm512_loadu_si512(block + quad * 64);
             __m512i w_lo = _mm512_and_si512(v, nibble);
             __m512i w_hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
