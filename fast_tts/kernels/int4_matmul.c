@@ -123,7 +123,7 @@ void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float
             fast_tts_quantize_groups_int8(x + (chunk + b) * k, quantized + b * k, x_scales + b * groups,
                                           x_sums + b * groups, k);
 #ifdef FAST_TTS_AMX
-        if (chunk_rows > MAX_ROWS && fast_tts_amx_enabled(FAST_TTS_CPU_AMXINT8)) { /* 16 rows for one row's time */
+        if (chunk_rows > MAX_ROWS && fast_tts_amx_enabled(FAST_TTS_CPU_AMXINT8)) { /* up to 16 rows per pass over the weight */
             size_t offset = (size_t)(chunk * n);
             void *yc = float_out ? (void *)((float *)y + offset) : (void *)((uint16_t *)y + offset);
             fast_tts_int4_amx_tiles(packed, quantized, x_scales, bias, yc, chunk_rows, n, k, float_out, first, last);
