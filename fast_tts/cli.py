@@ -53,6 +53,9 @@ def build_parser(with_serve_args: bool = False) -> argparse.ArgumentParser:
     speak.add_argument("--speakers-dir", help="speaker store to find custom speakers in (e.g. the server's)")
     speak.add_argument("--backend", help="LM backend of ChatTTS / MegaTTS3: torch (default), llama-cpp, mlx-lm, "
                                          "sglang (each but torch is an extra; see the README)")
+    speak.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="an option of that backend, e.g. dtype=bfloat16, quantize=int4 (torch) or gguf_type=q8_0 "
+                            "(llama-cpp); repeatable")
 
     voices = commands.add_parser("voices", help="list the voices of a model and the languages they speak")
     voices.add_argument("--model", help="model file or folder (default: the bundled voices)")
@@ -121,6 +124,7 @@ def _store(args: argparse.Namespace) -> dict[str, Any]:
 async def _speak(args: argparse.Namespace) -> int:
     """Run `speak`: whole file, streamed file, or streamed stdout."""
     from fast_tts.audio import StreamEncoder, write_audio
+    from fast_tts.backends import parse_options
     from fast_tts.engine.auto import AutoEngine
 
     text = _read_text(args)
@@ -128,6 +132,8 @@ async def _speak(args: argparse.Namespace) -> int:
     options = _store(args)
     if args.backend is not None:
         options["backend"] = args.backend
+    if args.backend_option:
+        options["backend_options"] = parse_options(args.backend_option)
     engine = AutoEngine(args.model, **options)
     bar: Any = None
 

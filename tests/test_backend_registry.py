@@ -51,3 +51,49 @@ def test_serve_accepts_a_backend_flag() -> None:
 
     args = build_parser(with_serve_args=True).parse_args(["serve", "--backend", "llama-cpp"])
     assert args.backend == "llama-cpp"
+
+
+def test_backend_options_from_text() -> None:
+    from fast_tts.backends import parse_options
+
+    got = parse_options(["dtype=bfloat16", "max_batch=4", "pack_weights=false", "kv_dtype=null", "gguf-type=q8_0",
+                         "quantize=int4"])
+    assert got == {"dtype": "bfloat16", "max_batch": 4, "pack_weights": False, "kv_dtype": None,
+                   "gguf_type": "q8_0", "quantize": "int4"}
+    for bad in ("dtype", "=bfloat16"):
+        with pytest.raises(InvalidInputError, match="is not KEY=VALUE") as err:
+            parse_options([bad])
+        assert err.value.field == "backend_options"
+
+
+def test_an_unknown_backend_option_is_named_with_the_choices() -> None:
+    with pytest.raises(InvalidInputError, match="backend 'torch' has no option 'nonsense'") as err:
+        create_backend("torch", None, dtype="bfloat16", nonsense=1)
+    assert err.value.field == "backend_options" and "quantize" in str(err.value)
+
+
+def test_backend_options_are_refused_where_there_is_no_language_model() -> None:
+    from fast_tts.engine.auto import AutoEngine
+
+    with pytest.raises(InvalidInputError, match="no language model") as err:
+        AutoEngine(None, backend_options={"dtype": "bfloat16"})
+    assert err.value.field == "backend_options"
+
+
+@pytest.mark.parametrize(("option", "message"), [("dtype", "is not KEY=VALUE"),
+                                                 ("dtype=bfloat16", "no language model")])
+def test_cli_backend_option_mistakes_report_one_line(option: str, message: str, capsys) -> None:
+    from fast_tts.cli import main
+
+    assert main(["speak", "hello", "--backend-option", option, "-o", "-"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_serve_refuses_a_malformed_backend_option_before_starting(caplog) -> None:
+    from fast_tts.cli import build_parser
+    from fast_tts.server.cli import run_serve
+
+    args = build_parser(with_serve_args=True).parse_args(["serve", "--backend-option", "quantize"])
+    assert run_serve(args) == 2
+    assert "is not KEY=VALUE" in caplog.text

@@ -171,3 +171,12 @@ async def test_bf16_engine_decodes_in_bf16_close_to_float32(checkpoint: Path, tm
     assert not np.array_equal(fast, exact)  # the bf16 path really ran
     snr = 10 * np.log10(np.sum(exact.astype(np.float64) ** 2) / np.sum((fast - exact).astype(np.float64) ** 2))
     assert snr > 25, f"bf16 decode is {snr:.1f} dB from float32"
+
+
+def test_cli_backend_options_reach_the_lm_backend(checkpoint: Path, capsys) -> None:
+    from fast_tts.cli import main
+
+    args = ["speak", "hello", "--model", str(checkpoint), "-o", "-", "--backend-option", "quantize=int9"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantize must be None or one of int8, int4, not 'int9'" in err[0]

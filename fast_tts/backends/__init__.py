@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +42,7 @@ REGISTRY: dict[str, BackendSpec] = {
 BACKENDS = tuple(REGISTRY)
 
 __all__ = ["BACKENDS", "REGISTRY", "BackendSpec", "GenerationResult", "GenerationStream", "Generator", "StepOutput",
-           "backend_name", "create_backend"]
+           "backend_name", "create_backend", "parse_options"]
 
 
 def backend_name(name: str) -> str:
@@ -62,4 +65,27 @@ def create_backend(name: str, adapter: Any, **options: Any) -> Generator:
     if missing:
         raise MissingDependencyError(f"backend {key!r} needs {', '.join(missing)}: {spec.install}")
     module_name, _, class_name = spec.factory.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)(adapter, **options)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    accepted = list(inspect.signature(cls).parameters.values())[1:]  # after the adapter
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted):
+        unknown = [name for name in options if name not in {p.name for p in accepted}]
+        if unknown:
+            raise InvalidInputError(f"backend {key!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                                    f"{', '.join(p.name for p in accepted)}", "backend_options")
+    return cls(adapter, **options)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """Backend options from KEY=VALUE texts (the CLI's --backend-option): a value is read as JSON where it is one
+    (8, 0.5, true, null) and as text otherwise (bfloat16, int4)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"backend option {item!r} is not KEY=VALUE", "backend_options")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options[key.strip().replace("-", "_")] = value
+    return options

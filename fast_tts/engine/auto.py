@@ -77,8 +77,9 @@ def default_engine(*, preload: bool = True, **kw: Any) -> AsyncEngine:
 def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
     """Build the engine for whatever `model_path` holds (the bundled voices when None; see default_engine).
 
-    `backend=` picks the LM backend of the families that have a language model (ChatTTS, MegaTTS3); the bundled
-    voices and Piper have none, so a backend other than 'torch' is refused for them.
+    `backend=` and `backend_options=` pick and set up the LM backend of the families that have a language model
+    (ChatTTS, MegaTTS3); the bundled voices and Piper have none, so a backend other than 'torch', or backend options,
+    are refused for them.
     """
     family = "piper" if model_path is None else detect_family(model_path)
     if "backend" in kw:
@@ -88,6 +89,9 @@ def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
         if family in _NO_LM and kw.pop("backend") != "torch":
             raise InvalidInputError(f"the {family} voices have no language model; backend= applies to ChatTTS "
                                     "and MegaTTS3", "backend")
+    if family in _NO_LM and kw.pop("backend_options", None):
+        raise InvalidInputError(f"the {family} voices have no language model; backend options apply to ChatTTS "
+                                "and MegaTTS3", "backend_options")
     if model_path is None:
         return default_engine(**kw)
     kw.pop("preload", None)  # only the bundled voice set loads lazily

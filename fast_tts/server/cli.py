@@ -32,6 +32,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None,
                         help="LM backend of ChatTTS / MegaTTS3: torch (default), llama-cpp, mlx-lm, sglang (each but "
                              "torch is an extra; see the README)")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of that backend, e.g. dtype=bfloat16, quantize=int4 (torch) or "
+                             "gguf_type=q8_0 (llama-cpp); repeatable")
     parser.add_argument("--voice-alias", action="append", default=[], metavar="NAME=VOICE",
                         help="map an OpenAI voice name (alloy, nova, ...) to one of ours; repeatable")
     parser.add_argument("--openai-pcm-rate", type=int, default=24000,
@@ -130,12 +133,17 @@ def default_speakers_dir() -> Path:
 
 
 def engine_factory(args: argparse.Namespace) -> Any:
-    """Build the engine inside uvicorn's event loop (engines may bind loop resources at construction)."""
+    """Build the engine inside uvicorn's event loop (engines may bind loop resources at construction); a malformed
+    --backend-option is an InvalidInputError now, before anything starts."""
+    from fast_tts.backends import parse_options
+
+    backend: dict[str, Any] = {"backend": args.backend} if args.backend is not None else {}
+    if args.backend_option:
+        backend["backend_options"] = parse_options(args.backend_option)
 
     def build() -> Any:
         from fast_tts.engine.auto import AutoEngine
 
-        backend = {"backend": args.backend} if args.backend is not None else {}
         return AutoEngine(
             model_path=args.model,
             speakers_dir=args.speakers_dir or default_speakers_dir(),
@@ -151,7 +159,8 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+        factory = engine_factory(args)
+    except ValueError as exc:  # InvalidInputError included
         logging.getLogger("fast_tts.server").error("%s", exc)
         return 2
     if args.ray:
@@ -169,7 +178,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from fast_tts.server.app import create_app
 
-    app = create_app(engine_factory(args), config)
+    app = create_app(factory, config)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
         timeout_graceful_shutdown=5, lifespan="on",
