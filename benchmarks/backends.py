@@ -6,7 +6,10 @@ Each row of `ROWS` runs in a fresh process with its engine's python: this one fo
 is missing is listed as skipped. A row measures, after one short warm-up request:
 - batch 1: one prompt, 120 greedy tokens, wall time from submit to the last token;
 - 8 at once: 8 different prompts of 120 greedy tokens submitted together, wall time until all are done;
-- greedy agreement: how many of the 120 batch-1 tokens equal the float32 torch backend's before the first difference.
+- greedy agreement: how many of the 120 batch-1 tokens equal the float32 torch backend's before the first difference;
+- forced agreement: at every FORCED_STRIDE-th of those positions, the backend's greedy token after the float32 torch
+  backend's own tokens up to there (one prompt each), equal to float32's next token or not. Free-running agreement
+  ends at the first near-tie; this counts how often each precision picks the same token from the same history.
 The reference row is Hugging Face transformers' `generate` (float32, greedy, KV cache), which is how the MegaTTS3
 reference runs its G2P; it needs an environment with transformers (the ChatTTS reference's, when built), else the
 figure measured for the notes (14.8 s for 120 tokens) is printed instead, marked as such.
@@ -33,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 TOKENS, CONCURRENT = 120, 8
+FORCED_STRIDE = 4  # forced agreement probes positions 0, 4, 8, ... of the float32 row's tokens
 REFERENCE_NOTE_S = 14.8  # ../shared/notes/megatts3-reference.md: G2P, real size, 120 tokens, HF generate, this CPU
 SHAPE = {"hidden": 896, "intermediate": 4864, "layers": 24, "heads": 14, "kv_heads": 2, "vocab": 152469}
 TEXTS = ["hello world, this is a test", "the quick brown fox jumps", "fast text to speech on a cpu",
@@ -89,8 +93,9 @@ def prompts(folder: Path) -> list[list[int]]:
 
 
 # ---- one row, in its own process ------------------------------------------------------------------------------
-async def measure_backend(row: Row, folder: Path) -> dict:
-    """Load, warm up, then batch 1 and CONCURRENT at once, all greedy."""
+async def measure_backend(row: Row, folder: Path, base: list[int] | None) -> dict:
+    """Load, warm up, then batch 1 and CONCURRENT at once, all greedy; then the forced agreement (one request at a
+    time) with the float32 row's tokens `base` (None: this is that row, and its own batch-1 tokens are used)."""
     import torch
 
     from fast_tts.backends import create_backend
@@ -110,10 +115,16 @@ async def measure_backend(row: Row, folder: Path) -> dict:
         t0 = time.perf_counter()
         many = await asyncio.gather(*(backend.submit(p, greedy).collect() for p in ids[:CONCURRENT]))
         batch8_s = time.perf_counter() - t0
+        base = base if base is not None else one.token_ids[:, 0].tolist()  # the baseline row: against itself
+        forced = []
+        for j in range(0, len(base), FORCED_STRIDE):
+            prompt = torch.cat([ids[0], torch.tensor(base[:j], dtype=ids[0].dtype)[:, None]])
+            got = await backend.submit(prompt, SamplingParams(temperature=0.0, max_new_tokens=1)).collect()
+            forced.append(int(got.token_ids[0, 0]) == base[j])
     finally:
         await backend.shutdown()
     return {"load_s": load_s, "batch1_s": batch1_s, "batch8_s": batch8_s, "ids": one.token_ids[:, 0].tolist(),
-            "tokens8": sum(r.token_ids.shape[0] for r in many)}
+            "tokens8": sum(r.token_ids.shape[0] for r in many), "forced": forced}
 
 
 def measure_reference(folder: Path) -> dict:
@@ -143,8 +154,9 @@ def env_python(env: str | None) -> Path | None:
     return side_python(env)
 
 
-def run_row(name: str, python: Path, folder: Path) -> dict:
+def run_row(name: str, python: Path, folder: Path, base_file: Path | None = None) -> dict:
     cmd = [str(python), __file__, "--worker", name, "--folder", str(folder)]
+    cmd += ["--base-ids", str(base_file)] if base_file is not None else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -160,6 +172,10 @@ def agreement(ids: list[int], base: list[int] | None) -> str:
     return f"{same}/{len(base)}"
 
 
+def forced(hits: list[bool] | None) -> str:
+    return f"{sum(hits)}/{len(hits)}" if hits else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", help="row names (default: all)")
@@ -169,6 +185,7 @@ def main() -> None:
                         help="print the notes' reference figure instead of measuring transformers' generate")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--base-ids", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         folder = Path(args.folder)
@@ -176,7 +193,8 @@ def main() -> None:
             result = measure_reference(folder)
         else:
             row = next(r for r in ROWS if r.name == args.worker)
-            result = asyncio.run(measure_backend(row, folder))
+            base = json.loads(Path(args.base_ids).read_text()) if args.base_ids else None
+            result = asyncio.run(measure_backend(row, folder, base))
         print(json.dumps(result), flush=True)
         return
 
@@ -186,12 +204,15 @@ def main() -> None:
     ref_python = env_python(REFERENCE_ENV) if args.reference else None
     ref = run_row("reference", ref_python, folder) if ref_python is not None else {}
     ref_s = ref.get("batch1_s", REFERENCE_NOTE_S)
-    base = None
+    base, base_file = None, folder / "float32-ids.json"
+    base_file.unlink(missing_ok=True)
     for i, row in enumerate(rows):  # the baseline first: agreement is counted against it
         python = env_python(row.env)
-        r = run_row(row.name, python, folder) if python else {"error": f"no {row.env} env"}
-        if row.name == BASELINE:
-            base = r.get("ids")
+        given = base_file if base_file.is_file() else None
+        r = run_row(row.name, python, folder, given) if python else {"error": f"no {row.env} env"}
+        if row.name == BASELINE and "ids" in r:
+            base = r["ids"]
+            base_file.write_text(json.dumps(base))
         if i == 0:
             ref_label = "measured now" if "batch1_s" in ref else "from the notes"
             print(f"G2P, Qwen2.5-0.5B shape (random weights, std {args.std}), {TOKENS} greedy tokens; "
@@ -199,13 +220,13 @@ def main() -> None:
             print(f"reference (transformers generate, float32, batch 1): {ref_s:.2f} s ({ref_label}); "
                   f"greedy agreement with torch float32 {agreement(ref['ids'], base) if 'ids' in ref else '-'}")
             print(f"{'backend':<18}{'load s':>8}{'batch 1 s':>11}{'tok/s':>8}{'vs ref':>8}"
-                  f"{f'{CONCURRENT} at once s':>15}{'tok/s':>8}{'agreement':>11}")
+                  f"{f'{CONCURRENT} at once s':>15}{'tok/s':>8}{'agreement':>11}{'forced':>8}")
         if "error" in r:
             print(f"{row.name:<18}  skipped: {r['error']}", flush=True)
             continue
         print(f"{row.name:<18}{r['load_s']:>8.1f}{r['batch1_s']:>11.2f}{TOKENS / r['batch1_s']:>8.1f}"
               f"{ref_s / r['batch1_s']:>7.1f}x{r['batch8_s']:>15.2f}{r['tokens8'] / r['batch8_s']:>8.1f}"
-              f"{agreement(r['ids'], base):>11}", flush=True)
+              f"{agreement(r['ids'], base):>11}{forced(r.get('forced')):>8}", flush=True)
     print(f"load at the end {os.getloadavg()[0]:.1f}")
 
 
