@@ -12,7 +12,7 @@ import sys
 from setuptools import Extension, setup
 
 KERNELS = "fast_tts/kernels/"
-SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "amx_matmul.c", "int4_matmul.c", "f32_matmul.c", "decode_step.c",
+SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "amx_matmul.c", "grouped_matmul.c", "f32_matmul.c", "decode_step.c",
            "decode_ops.c", "decode_f32.c"]
 
 native = Extension(

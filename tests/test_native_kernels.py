@@ -22,7 +22,6 @@ from fast_tts.kernels.linear import (
     native_available,
     pack_linears,
     quantize_groups,
-    quantize_rows,
 )
 from fast_tts.models.transformer import DecoderConfig, Transformer
 
@@ -402,31 +401,36 @@ needs_int8 = pytest.mark.skipif(not (CAN_RUN and {"amx_tile", "amx_int8"} <= _cp
                                 reason="this CPU lacks AMX-INT8 (or is not x86-64 Linux)")
 
 
-def _int8_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The int8 kernel's result in torch, float32: both operands quantized per row, exact integer sums."""
-    xq, xs = quantize_rows(x.to(torch.bfloat16))
-    wq, ws = quantize_rows(weight)
-    sums = (xq.double() @ wq.double().T).float()  # exact: int8 products, fewer than 2**31 of them summed
-    out = sums * xs[:, None] * ws[None, :]
+def _grouped_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, levels: int) -> torch.Tensor:
+    """The grouped kernels' result in torch, float32: weights to -levels-1..levels (7: 4-bit, 127: int8) and
+    activations to int8 in groups of 64, exact integer sums per group, the groups added up in order with their
+    scales."""
+    xq, xs = quantize_groups(x.to(torch.bfloat16), 127, 64)
+    wq, ws = quantize_groups(weight, levels, 64)
+    m, n, groups = x.shape[0], weight.shape[0], x.shape[1] // 64
+    sums = torch.einsum("mgi,ngi->mng", xq.double().view(m, groups, 64), wq.double().view(n, groups, 64)).float()
+    out = torch.zeros(m, n)
+    for g in range(groups):
+        out = out + sums[..., g] * (xs[:, g, None] * ws[None, :, g])
     return out if bias is None else out + bias.float()
 
 
 @needs_int8
-@pytest.mark.parametrize("rows", [1, 5, 16, 17, 70])  # 17: two AMX row blocks; 70: two quantized chunks
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 70])  # 17: two AMX row blocks; 70: three quantized chunks
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
                                                                    (45, 192, True)])
 @pytest.mark.parametrize("float_out", [False, True])
 def test_int8_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
                                                          float_out: bool) -> None:
-    """Per-row int8 weights and activations, exact int32 sums, float32 scaling: the kernel and `_int8_reference`
-    compute the same numbers, and a row's result is the same alone as in a batch."""
+    """int8 weights and activations in groups, exact int32 group sums, float32 scaling: the kernel and
+    `_grouped_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
     torch.manual_seed(rows + in_features)
     lin = nn.Linear(in_features, out_features, bias=bias)
     x = torch.randn(rows, in_features).to(torch.bfloat16)
     layer = TiledInt8Linear(lin, float_out=float_out)
     with torch.no_grad():
         got = layer(x)
-        want = _int8_reference(x, lin.weight, lin.bias)
+        want = _grouped_reference(x, lin.weight, lin.bias, 127)
         assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
         assert torch.equal(layer(x[-1:]), got[-1:])
         # and close to the float product: int8 steps of both operands
@@ -491,19 +495,6 @@ needs_int4 = pytest.mark.skipif(not (CAN_RUN and "avx512_vnni" in _cpu_flags()),
                                 reason="this CPU lacks AVX-512 VNNI (or is not x86-64 Linux)")
 
 
-def _int4_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The 4-bit kernel's result in torch, float32: weights to -8..7 and activations to int8 in groups of 64, exact
-    integer sums per group, the groups added up in order with their scales."""
-    xq, xs = quantize_groups(x.to(torch.bfloat16), 127, 64)
-    wq, ws = quantize_groups(weight, 7, 64)
-    m, n, groups = x.shape[0], weight.shape[0], x.shape[1] // 64
-    sums = torch.einsum("mgi,ngi->mng", xq.double().view(m, groups, 64), wq.double().view(n, groups, 64)).float()
-    out = torch.zeros(m, n)
-    for g in range(groups):
-        out = out + sums[..., g] * (xs[:, g, None] * ws[None, :, g])
-    return out if bias is None else out + bias.float()
-
-
 @needs_int4
 @pytest.mark.usefixtures("amx_switch")
 # 5: two vector passes or one AMX block; 17: two AMX blocks; 33, 70: several quantized chunks, the last of 1 or 6
@@ -514,14 +505,14 @@ def _int4_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def test_int4_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
                                                          float_out: bool) -> None:
     """4-bit grouped weights, int8 grouped activations, exact int32 group sums, float32 scaling: the kernel and
-    `_int4_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
+    `_grouped_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
     torch.manual_seed(rows + in_features)
     lin = nn.Linear(in_features, out_features, bias=bias)
     x = torch.randn(rows, in_features).to(torch.bfloat16)
     layer = TiledInt4Linear(lin, float_out=float_out)
     with torch.no_grad():
         got = layer(x)
-        want = _int4_reference(x, lin.weight, lin.bias)
+        want = _grouped_reference(x, lin.weight, lin.bias, 7)
         assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
         assert torch.equal(layer(x[-1:]), got[-1:])
         # and near the float product: a 4-bit step is a seventh of a group's largest weight

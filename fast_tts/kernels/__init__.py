@@ -5,7 +5,7 @@ the bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight strictly 
 reaches the read bandwidth (`amx_matmul.c` computes the same product with AMX tiles where the CPU has them, so that a
 batch of rows costs what one row does; `f32_matmul.c` is the float32 twin, needing AVX-512 F only). Two opt-in
 products read fewer bytes: int8 weights on AMX-INT8 (`amx_matmul.c`) and 4-bit weights in groups on AVX-512 VNNI
-(`int4_matmul.c`). `decode_step.c` runs a whole decode step of a Llama/Qwen2 decoder in one call, with the
+(`grouped_matmul.c`). `decode_step.c` runs a whole decode step of a Llama/Qwen2 decoder in one call, with the
 operations of `decode_ops.h` for bf16 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool.
 `linear.py` swaps `nn.Linear` layers for these kernels, `decode.py` drives the decode step.
 
@@ -54,12 +54,12 @@ class Native:
 
     @property
     def amx_int8(self) -> bool:
-        """The int8-weight product runs here (`amx_matmul.c`: AMX-INT8)."""
+        """The int8-weight product runs here (`grouped_matmul.c` on `amx_matmul.c`: AMX-INT8)."""
         return bool(self.features & self.lib.FAST_TTS_CPU_AMXINT8)
 
     @property
     def vnni(self) -> bool:
-        """The 4-bit-weight product runs here (`int4_matmul.c`: AVX-512 VNNI and BF16)."""
+        """The 4-bit-weight product runs here (`grouped_matmul.c`: AVX-512 VNNI and BF16)."""
         return bool(self.features & self.lib.FAST_TTS_CPU_AVX512VNNI)
 
     @property

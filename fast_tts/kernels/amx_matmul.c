@@ -8,10 +8,8 @@
  * batch it is in. The vector kernel spends one `vdpbf16ps` per activation row per weight load, which made a batch of
  * 8 compute-bound; here a batch of 16 costs what one row does, the time it takes to stream the weights.
  *
- * The int8 product (AMX-INT8) reads half the bytes: a weight quantized to int8 with one float32 scale per output
- * row, packed the same way with column quads for pairs (16 rows x 4 int8 per 64 bytes), times the activations
- * quantized per row to int8 (scale max|x| / 127, round to nearest even); the int32 sums are exact, so the result is
- * sum * x_scale * w_scale (+ bias) in float32, rounded as the bf16 product is.
+ * The products with weights quantized in groups (grouped_matmul.c's int8 and 4-bit layouts) run here too, through
+ * AMX-INT8: a group of 64 inputs is one `tdpbssd` step, and its exact int32 sums are scaled and added up in float32.
  *
  * Linux hands out the tile registers only to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM), which
  * fast_tts_amx_available does; every call configures the tiles on its own thread and releases them after.
@@ -28,13 +26,11 @@
 #include <unistd.h>
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,amx-int8")
-#pragma GCC optimize("fp-contract=off") /* x_scale * w_scale + bias rounded step by step, as torch does */
+#pragma GCC optimize("fp-contract=off") /* the grouped products' scaling rounded step by step, as torch does */
 
 #define TILE FAST_TTS_TILE
 #define ROWS 16    /* activation rows per A tile */
 #define COLUMNS 32 /* input columns per A tile: 64 bytes of bf16 */
-#define COLUMNS_INT8 64 /* input columns per int8 A tile */
-#define QUANTIZED_ROWS 64 /* activation rows quantized at a time (64 x FAST_TTS_MAX_INT8_COLUMNS bytes of stack) */
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -127,99 +123,23 @@ void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const fl
     if (configured) _tile_release();
 }
 
-/* Reorder a row-major (n, k) int8 weight into 32-row tiles of column quads; n % 32 == 0 and k % 64 == 0. */
-void fast_tts_pack_int8(const int8_t *weight, int8_t *packed, int64_t n, int64_t k) {
-    for (int64_t tile = 0; tile < n; tile += TILE)
-        for (int64_t col = 0; col < k; col += 4)
-            for (int64_t r = 0; r < TILE; r++)
-                memcpy(packed + tile * k + col * TILE + (r / 16) * 64 + (r % 16) * 4, weight + (tile + r) * k + col, 4);
-}
-
-static inline __attribute__((always_inline)) __m512 load_bf16x16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-
-/* Row `x` (k bf16) to int8 `q` with scale max|x| / 127 (0 for a zero row); returns the scale. */
-float fast_tts_quantize_row_int8(const uint16_t *x, int8_t *q, int64_t k) {
-    __m512 top = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(load_bf16x16(x + i)));
-    float amax = _mm512_reduce_max_ps(top);
-    __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-    for (int64_t i = 0; i < k; i += 16) /* cvtps_epi32 rounds to nearest even (the default MXCSR) */
-        _mm_storeu_si128((__m128i *)(q + i),
-                         _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(load_bf16x16(x + i), inverse))));
-    return amax / 127.0f;
-}
-
-/* Tiles first..last-1 of y (m, n) = x (m, k) @ dequantized weight.T (+ bias); k % 64 == 0 and
- * k <= FAST_TTS_MAX_INT8_COLUMNS. `packed` holds the tiles of fast_tts_pack_int8, then the n float32 row scales.
- * y is bf16, or float32 when float_out is set. Activations are quantized QUANTIZED_ROWS at a time on the stack, and
- * each such chunk reads the weight tiles once. */
-void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
-                              int64_t k, int float_out, int64_t first, int64_t last) {
-    const int8_t *weights = packed;
-    const float *scales = (const float *)(weights + n * k);
-    int8_t quantized[QUANTIZED_ROWS * FAST_TTS_MAX_INT8_COLUMNS] __attribute__((aligned(64)));
-    float x_scale[QUANTIZED_ROWS];
-    int32_t sums[2][ROWS * 16];
-    int configured = 0;
-    for (int64_t chunk = 0; chunk < m; chunk += QUANTIZED_ROWS) {
-        int64_t chunk_rows = m - chunk < QUANTIZED_ROWS ? m - chunk : QUANTIZED_ROWS;
-        for (int64_t b = 0; b < chunk_rows; b++)
-            x_scale[b] = fast_tts_quantize_row_int8(x + (chunk + b) * k, quantized + b * k, k);
-        for (int64_t t = first; t < last; t++) {
-            const int8_t *tile = weights + t * TILE * k;
-            __m512 scale_lo = _mm512_loadu_ps(scales + t * TILE), scale_hi = _mm512_loadu_ps(scales + t * TILE + 16);
-            __m512 bias_lo = bias ? _mm512_loadu_ps(bias + t * TILE) : _mm512_setzero_ps();
-            __m512 bias_hi = bias ? _mm512_loadu_ps(bias + t * TILE + 16) : _mm512_setzero_ps();
-            for (int64_t row = 0; row < chunk_rows; row += ROWS) {
-                int rows = (int)(chunk_rows - row < ROWS ? chunk_rows - row : ROWS);
-                if (rows != configured) configure(rows), configured = rows;
-                _tile_zero(OUT_LO);
-                _tile_zero(OUT_HI);
-                for (int64_t col = 0; col < k; col += COLUMNS_INT8) {
-                    const int8_t *w = tile + col * TILE;
-                    _tile_loadd(X_TILE, quantized + row * k + col, k);
-                    _tile_loadd(W_LO, w, 2 * 64);
-                    _tile_loadd(W_HI, w + 64, 2 * 64);
-                    _tile_dpbssd(OUT_LO, X_TILE, W_LO);
-                    _tile_dpbssd(OUT_HI, X_TILE, W_HI);
-                }
-                _tile_stored(OUT_LO, sums[0], 64);
-                _tile_stored(OUT_HI, sums[1], 64);
-                for (int b = 0; b < rows; b++) {
-                    __m512 xs = _mm512_set1_ps(x_scale[row + b]);
-                    __m512 lo = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums[0] + 16 * b));
-                    __m512 hi = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums[1] + 16 * b));
-                    lo = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(lo, xs), scale_lo), bias_lo);
-                    hi = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(hi, xs), scale_hi), bias_hi);
-                    store_outputs(y, (size_t)((chunk + row + b) * n + t * TILE), lo, hi, float_out);
-                }
-            }
-        }
-    }
-    if (configured) _tile_release();
-}
-
-void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
-                          int64_t k, int float_out, int threads) {
-    fast_tts_share_tiles(fast_tts_int8_tile_range, x, packed, bias, y, m, n, k, float_out, threads);
-}
-
-/* The 4-bit product of int4_matmul.c through AMX-INT8, from the same packed weight and quantized activations, with
- * the same arithmetic: each group's 16 quads, unpacked to signed int8 (nibble - 8), form a B tile as they stand, so
- * `tdpbssd` gives the group's exact int32 sums for up to 16 rows at once; the groups are then added up in float32 in
- * the vector kernel's order. */
-void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *x_scales, const float *bias, void *y,
-                             int64_t m, int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
-    const int64_t groups = k / FAST_TTS_INT4_GROUP;
+/* The grouped products of grouped_matmul.c (`bits` 8 or 4) through AMX-INT8, from the same packed weights and
+ * quantized activations, with the same arithmetic: a group's int8 weights are two B tiles as they stand, and 4-bit
+ * ones become such tiles when unpacked to signed int8 (nibble - 8), so `tdpbssd` gives the group's exact int32 sums
+ * for up to 16 rows at once; the groups are then added up in float32 in the vector kernel's order. */
+void fast_tts_grouped_amx_tiles(int bits, const void *packed, const int8_t *xq, const float *x_scales,
+                                const float *bias, void *y, int64_t m, int64_t n, int64_t k, int float_out,
+                                int64_t first, int64_t last) {
+    const int64_t groups = k / FAST_TTS_QUANT_GROUP;
+    const int64_t block_bytes = bits == 4 ? FAST_TTS_INT4_BLOCK_BYTES : FAST_TTS_INT8_BLOCK_BYTES;
+    const int64_t weight_bytes = FAST_TTS_QUANT_GROUP * TILE * bits / 8; /* then the group's 32 scales */
     const __m512i nibble = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
-    int8_t weights[2][16 * 64] __attribute__((aligned(64))); /* B tiles: the group's first and second 16 outputs */
+    int8_t unpacked[2][16 * 64] __attribute__((aligned(64))); /* 4-bit: the group's B tiles, rows 0-15 and 16-31 */
     int32_t sums[2][ROWS * 16];
     float acc[ROWS][TILE];
     int configured = 0;
     for (int64_t t = first; t < last; t++) {
-        const uint8_t *tile = (const uint8_t *)packed + t * groups * FAST_TTS_INT4_BLOCK_BYTES;
+        const uint8_t *tile = (const uint8_t *)packed + t * groups * block_bytes;
         __m512 bias_lo = bias ? _mm512_loadu_ps(bias + t * TILE) : _mm512_setzero_ps();
         __m512 bias_hi = bias ? _mm512_loadu_ps(bias + t * TILE + 16) : _mm512_setzero_ps();
         for (int64_t row = 0; row < m; row += ROWS) {
@@ -227,25 +147,32 @@ void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *
             if (rows != configured) configure(rows), configured = rows;
             memset(acc, 0, sizeof acc);
             for (int64_t g = 0; g < groups; g++) {
-                const uint8_t *block = tile + g * FAST_TTS_INT4_BLOCK_BYTES;
-                for (int quad = 0; quad < FAST_TTS_INT4_GROUP / 4; quad++) {
-                    _mm_prefetch((const char *)(block + quad * 64 + FAST_TTS_INT4_PREFETCH_AHEAD), _MM_HINT_T0);
-                    __m512i v = _mm512_loadu_si512(block + quad * 64);
-                    __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, nibble), eight);
-                    __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), eight);
-                    _mm512_store_si512(weights[0] + quad * 64, lo);
-                    _mm512_store_si512(weights[1] + quad * 64, hi);
+                const uint8_t *block = tile + g * block_bytes;
+                const void *w_lo = block, *w_hi = block + 16 * 64;
+                if (bits == 4) {
+                    for (int quad = 0; quad < FAST_TTS_QUANT_GROUP / 4; quad++) {
+                        _mm_prefetch((const char *)(block + quad * 64 + FAST_TTS_QUANT_PREFETCH_AHEAD), _MM_HINT_T0);
+                        __m512i v = _mm512_loadu_si512(block + quad * 64);
+                        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, nibble), eight);
+                        __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), eight);
+                        _mm512_store_si512(unpacked[0] + quad * 64, lo);
+                        _mm512_store_si512(unpacked[1] + quad * 64, hi);
+                    }
+                    w_lo = unpacked[0], w_hi = unpacked[1];
+                } else {
+                    for (int64_t line = 0; line < block_bytes; line += 64)
+                        _mm_prefetch((const char *)(block + FAST_TTS_QUANT_PREFETCH_AHEAD + line), _MM_HINT_T0);
                 }
                 _tile_zero(OUT_LO);
                 _tile_zero(OUT_HI);
-                _tile_loadd(X_TILE, xq + row * k + g * FAST_TTS_INT4_GROUP, k);
-                _tile_loadd(W_LO, weights[0], 64);
-                _tile_loadd(W_HI, weights[1], 64);
+                _tile_loadd(X_TILE, xq + row * k + g * FAST_TTS_QUANT_GROUP, k);
+                _tile_loadd(W_LO, w_lo, 64);
+                _tile_loadd(W_HI, w_hi, 64);
                 _tile_dpbssd(OUT_LO, X_TILE, W_LO);
                 _tile_dpbssd(OUT_HI, X_TILE, W_HI);
                 _tile_stored(OUT_LO, sums[0], 64);
                 _tile_stored(OUT_HI, sums[1], 64);
-                const float *w_scales = (const float *)(block + FAST_TTS_INT4_GROUP * TILE / 2);
+                const float *w_scales = (const float *)(block + weight_bytes);
                 __m512 scale_lo = _mm512_loadu_ps(w_scales), scale_hi = _mm512_loadu_ps(w_scales + 16);
                 for (int b = 0; b < rows; b++) {
                     __m512 xs = _mm512_set1_ps(x_scales[(row + b) * groups + g]);

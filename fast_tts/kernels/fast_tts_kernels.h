@@ -17,11 +17,10 @@
 #define FAST_TTS_CPU_AVX512F 1    /* the float32 kernels */
 #define FAST_TTS_CPU_AVX512BF16 2 /* the bf16 kernels and decode steps (with AVX-512 F, BW and VL) */
 #define FAST_TTS_CPU_AMXBF16 4    /* bf16 products through AMX tiles (amx_matmul.c), the OS permitting */
-#define FAST_TTS_CPU_AMXINT8 8    /* the int8-weight product (amx_matmul.c), the OS permitting */
-#define FAST_TTS_CPU_AVX512VNNI 16 /* the 4-bit-weight product (int4_matmul.c), with the bf16 kernels */
-#define FAST_TTS_MAX_INT8_COLUMNS 8192 /* in_features of an int8-weight product at most */
-#define FAST_TTS_INT4_GROUP 64         /* inputs per scale of a 4-bit weight */
-#define FAST_TTS_MAX_INT4_COLUMNS 8192 /* in_features of a 4-bit-weight product at most */
+#define FAST_TTS_CPU_AMXINT8 8    /* the int8-weight product, and the 4-bit one at more rows (amx_matmul.c) */
+#define FAST_TTS_CPU_AVX512VNNI 16 /* the 4-bit-weight product (grouped_matmul.c), with the bf16 kernels */
+#define FAST_TTS_QUANT_GROUP 64           /* inputs per scale of a weight quantized in groups (int8 or 4-bit) */
+#define FAST_TTS_MAX_QUANT_COLUMNS 8192   /* in_features of such a product at most */
 
 int fast_tts_cpu_features(void);
 
@@ -38,18 +37,15 @@ void fast_tts_matmul_tile_range(const uint16_t *x, const void *packed, const flo
                                 int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
 /* amx_matmul.c: products through AMX tiles where the CPU and OS have them (on = 1; native() switches this on at
  * load) or through the vector kernels only (on = 0, the default): bf16 where k % 32 == 0 (AMX-BF16), 4-bit weights
- * at more than 4 rows (AMX-INT8). Either way the sums are the same; returns 1 when some AMX path is now in use. */
+ * at more than 4 rows (AMX-INT8; int8 weights always take AMX-INT8). Either way the sums are the same; returns 1 when
+ * some AMX path is now in use. */
 int fast_tts_use_amx(int on);
 
-/* amx_matmul.c: int8 weights with a float32 scale per output row, times bf16 activations quantized per row */
-void fast_tts_pack_int8(const int8_t *weight, int8_t *packed, int64_t n, int64_t k);
-float fast_tts_quantize_row_int8(const uint16_t *x, int8_t *q, int64_t k);
+/* grouped_matmul.c: weights quantized in groups of FAST_TTS_QUANT_GROUP inputs with a float32 scale each (int8 or
+ * 4-bit), times bf16 activations quantized to int8 per group */
+void fast_tts_quantize_groups_int8(const uint16_t *x, int8_t *q, float *scales, int32_t *sums, int64_t k);
 void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads);
-
-/* int4_matmul.c: 4-bit weights in groups of FAST_TTS_INT4_GROUP with a float32 scale each, times bf16 activations
- * quantized to int8 per group */
-void fast_tts_quantize_groups_int8(const uint16_t *x, int8_t *q, float *scales, int32_t *sums, int64_t k);
 void fast_tts_matmul_int4(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads);
 
@@ -65,8 +61,8 @@ void fast_tts_matmul_f32_tile_range(const float *x, const float *packed, const f
 /* decode_step.c: the kinds of step */
 #define FAST_TTS_STEP_BF16 0    /* bf16 weights, activations and cache (decode_ops.c) */
 #define FAST_TTS_STEP_FLOAT32 1 /* float32 weights, activations and cache (decode_f32.c) */
-#define FAST_TTS_STEP_INT8 2    /* int8 weights (fast_tts_pack_int8 + scales), bf16 activations and cache */
-#define FAST_TTS_STEP_INT4 3    /* 4-bit weights (int4_matmul.c's layout), bf16 activations and cache */
+#define FAST_TTS_STEP_INT8 2    /* int8 weights (grouped_matmul.c's layout), bf16 activations and cache */
+#define FAST_TTS_STEP_INT4 3    /* 4-bit weights (grouped_matmul.c's layout), bf16 activations and cache */
 
 /* decode_step.c: one decoder layer's weights (packed by fast_tts_pack_bf16 or fast_tts_pack_f32; biases float32
  * or NULL) and its cache. Element pointers hold bf16 (as uint16) or float32, as the step's `float32` flag says. */
@@ -112,24 +108,29 @@ typedef void (*fast_tts_tile_range_fn)(const uint16_t *x, const void *packed, co
 void fast_tts_share_tiles(fast_tts_tile_range_fn range, const uint16_t *x, const void *packed, const float *bias,
                           void *y, int64_t m, int64_t n, int64_t k, int float_out, int threads);
 
-#if defined(__linux__) && defined(__x86_64__)
-#define FAST_TTS_AMX 1 /* amx_matmul.c has its kernel: the tiles need Linux's permission call */
-void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
-                             int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
-void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
-                              int64_t k, int float_out, int64_t first, int64_t last);
-/* The 4-bit product's tiles first..last-1 for m rows already quantized by fast_tts_quantize_groups_int8 (xq: m rows
- * of k int8; x_scales: m rows of k / FAST_TTS_INT4_GROUP); y (row stride n) starts at the first of those rows. */
-void fast_tts_int4_amx_tiles(const void *packed, const int8_t *xq, const float *x_scales, const float *bias, void *y,
-                             int64_t m, int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
-#endif
-/* The packed 4-bit weight of int4_matmul.c: per tile of 32 outputs, per group, the group's nibbles and 32 scales. */
-#define FAST_TTS_INT4_BLOCK_BYTES (FAST_TTS_INT4_GROUP * FAST_TTS_TILE / 2 + FAST_TTS_TILE * 4)
-#define FAST_TTS_INT4_PREFETCH_AHEAD 2048 /* bytes of it that the 4-bit products prefetch ahead (a hint only) */
+/* grouped_matmul.c's packed weights: per tile of 32 outputs, per group, the group's weights and its 32 scales. */
+#define FAST_TTS_INT4_BLOCK_BYTES (FAST_TTS_QUANT_GROUP * FAST_TTS_TILE / 2 + FAST_TTS_TILE * 4)
+#define FAST_TTS_INT8_BLOCK_BYTES (FAST_TTS_QUANT_GROUP * FAST_TTS_TILE + FAST_TTS_TILE * 4)
+#define FAST_TTS_QUANT_PREFETCH_AHEAD 2048 /* bytes of them that the grouped products prefetch ahead (a hint only) */
 
-/* int4_matmul.c: tiles first..last-1 of fast_tts_matmul_int4's product. */
+/* grouped_matmul.c: tiles first..last-1 of fast_tts_matmul_int4's product. */
 void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                               int64_t k, int float_out, int64_t first, int64_t last);
+
+#if defined(__linux__) && defined(__x86_64__)
+#define FAST_TTS_AMX 1 /* amx_matmul.c has its kernels: the tiles need Linux's permission call */
+void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
+                             int64_t n, int64_t k, int float_out, int64_t first, int64_t last);
+/* grouped_matmul.c: tiles first..last-1 of fast_tts_matmul_int8's product (AMX only). */
+void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                              int64_t k, int float_out, int64_t first, int64_t last);
+/* A grouped product's tiles first..last-1 (`bits` 8 or 4) for m rows already quantized by
+ * fast_tts_quantize_groups_int8 (xq: m rows of k int8; x_scales: m rows of k / FAST_TTS_QUANT_GROUP); y (row stride
+ * n) starts at the first of those rows. */
+void fast_tts_grouped_amx_tiles(int bits, const void *packed, const int8_t *xq, const float *x_scales,
+                                const float *bias, void *y, int64_t m, int64_t n, int64_t k, int float_out,
+                                int64_t first, int64_t last);
+#endif
 /* Nonzero when fast_tts_use_amx switched AMX on and the CPU and OS have `feature` (FAST_TTS_CPU_AMXBF16 or
  * FAST_TTS_CPU_AMXINT8). */
 int fast_tts_amx_enabled(int feature);

@@ -5,8 +5,8 @@ Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast th
   `TiledF32Linear` (float32, AVX-512 F) read the weight at the memory read bandwidth at batch 1 to 8 (oneDNN's
   prepacked paths reach about half of it);
 - otherwise `PackedLinear`: oneDNN's prepacked layout, which beats `F.linear` for float32 and is the fallback;
-- on request (`pack_linears(quantize=...)`), `TiledInt8Linear`: int8 weights on AMX-INT8, half bf16's bytes, or
-  `TiledInt4Linear`: 4-bit weights in groups on AVX-512 VNNI, a little over a quarter of them.
+- on request (`pack_linears(quantize=...)`), weights quantized in groups: `TiledInt8Linear` (int8 on AMX-INT8, half
+  bf16's bytes) or `TiledInt4Linear` (4-bit on AVX-512 VNNI, a little over a quarter of them).
 `pack_linears` swaps each `nn.Linear` of a module once; each path is checked against `F.linear` on a probe first.
 """
 
@@ -164,15 +164,42 @@ class TiledF32Linear(_TiledLinear):
         )
 
 
-class TiledInt8Linear(TiledBF16Linear):
-    """`nn.Linear` with int8 weights on AMX-INT8 (`amx_matmul.c`), for half the bytes of bf16 per step.
-
-    The weight is quantized once, symmetrically per output row (scale max|w| / 127, round to nearest even); each
-    product quantizes its bf16 input rows the same way, sums int8 x int8 exactly in int32, and scales back in float32
-    (tests/test_native_kernels.py repeats the arithmetic in torch). `float_out=True` returns the float32 result.
-    """
+class _GroupedLinear(TiledBF16Linear):
+    """`nn.Linear` with weights quantized in groups of 64 inputs per output row (`grouped_matmul.c`): symmetric,
+    scale max|w| / levels, round to nearest even. Each product quantizes its bf16 input rows to int8 in the same
+    groups (scale max|x| / 127), sums each group exactly in int32, and adds the groups up scaled in float32
+    (tests/test_native_kernels.py repeats the arithmetic in torch). `float_out=True` returns the float32 result."""
 
     weight_dtype = torch.float32
+    levels: int  # the weights' largest magnitude, in steps
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        lib = native()
+        if lib is None:
+            return False
+        group, most = lib.lib.FAST_TTS_QUANT_GROUP, lib.lib.FAST_TTS_MAX_QUANT_COLUMNS
+        return linear.weight.device.type == "cpu" and linear.in_features % group == 0 and linear.in_features <= most
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        tile, group = self._native.lib.FAST_TTS_TILE, self._native.lib.FAST_TTS_QUANT_GROUP
+        q, scales = quantize_groups(weight, self.levels, group)
+        tiles, groups = self.padded_features // tile, self.in_features // group
+        # per tile and group: quads of 16 rows x 4 inputs (grouped_matmul.c describes the layouts)
+        quads = q.view(tiles, 2, tile // 2, groups, group // 4, 4).permute(0, 3, 1, 4, 2, 5)  # tile, group, half, ...
+        scale_bytes = scales.view(tiles, tile, groups).permute(0, 2, 1).contiguous().view(torch.uint8)
+        return torch.cat([self._weight_bytes(quads).reshape(tiles, groups, -1), scale_bytes], dim=2).reshape(-1)
+
+    @staticmethod
+    def _weight_bytes(quads: torch.Tensor) -> torch.Tensor:
+        """A group's weight bytes from its quads (tile, group, half, quad, row, input) of int8 values."""
+        raise NotImplementedError
+
+
+class TiledInt8Linear(_GroupedLinear):
+    """int8 weights on AMX-INT8, for half the bytes of bf16 per step (8.5 bits per weight, as llama.cpp's q8_0)."""
+
+    levels = 127
     _matmul = "fast_tts_matmul_int8"
 
     @staticmethod
@@ -180,31 +207,14 @@ class TiledInt8Linear(TiledBF16Linear):
         return lib.amx_int8
 
     @staticmethod
-    def fits(linear: nn.Linear) -> bool:
-        lib = native()
-        most = lib.lib.FAST_TTS_MAX_INT8_COLUMNS if lib is not None else 0
-        return linear.weight.device.type == "cpu" and linear.in_features % 64 == 0 and linear.in_features <= most
-
-    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        n = self._native
-        q, scales = quantize_rows(weight)
-        packed = torch.empty(q.numel() + 4 * scales.numel(), dtype=torch.int8)  # tiles, then the row scales
-        n.lib.fast_tts_pack_int8(n.ptr(q.data_ptr()), n.ptr(packed.data_ptr()), self.padded_features,
-                                 self.in_features)
-        packed[q.numel():].view(torch.float32).copy_(scales)
-        return packed
+    def _weight_bytes(quads: torch.Tensor) -> torch.Tensor:
+        return quads.contiguous().view(torch.uint8)  # rows 0-15, then rows 16-31: two AMX B tiles
 
 
-class TiledInt4Linear(TiledBF16Linear):
-    """`nn.Linear` with 4-bit weights on AVX-512 VNNI (`int4_matmul.c`), for 4.5 bits per weight.
+class TiledInt4Linear(_GroupedLinear):
+    """4-bit weights on AVX-512 VNNI (AMX-INT8 at more than 4 rows), for 4.5 bits per weight (llama.cpp's q4_0)."""
 
-    The weight is quantized once in groups of 64 inputs per output row, symmetrically to -8..7 (scale max|w| / 7,
-    round to nearest even); each product quantizes its bf16 input rows to int8 in the same groups (scale max|x| /
-    127), sums each group exactly in int32, and adds the groups up scaled in float32 (tests/test_native_kernels.py
-    repeats the arithmetic in torch). `float_out=True` returns the float32 result.
-    """
-
-    weight_dtype = torch.float32
+    levels = 7
     _matmul = "fast_tts_matmul_int4"
 
     @staticmethod
@@ -212,23 +222,9 @@ class TiledInt4Linear(TiledBF16Linear):
         return lib.vnni
 
     @staticmethod
-    def fits(linear: nn.Linear) -> bool:
-        lib = native()
-        if lib is None:
-            return False
-        group, most = lib.lib.FAST_TTS_INT4_GROUP, lib.lib.FAST_TTS_MAX_INT4_COLUMNS
-        return linear.weight.device.type == "cpu" and linear.in_features % group == 0 and linear.in_features <= most
-
-    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        tile, group = self._native.lib.FAST_TTS_TILE, self._native.lib.FAST_TTS_INT4_GROUP
-        q, scales = quantize_groups(weight, 7, group)
-        tiles, groups = self.padded_features // tile, self.in_features // group
-        # (tile, half, row, group, quad, input) -> per tile and group: quads of 16 rows x 4 inputs, the tile's first
-        # half in the low nibbles and its second half in the high ones (int4_matmul.c describes the layout)
-        u = (q + 8).to(torch.uint8).view(tiles, 2, tile // 2, groups, group // 4, 4).permute(0, 3, 4, 2, 5, 1)
-        nibbles = (u[..., 0] | (u[..., 1] << 4)).reshape(tiles, groups, -1)
-        scale_bytes = scales.view(tiles, tile, groups).permute(0, 2, 1).contiguous().view(torch.uint8)
-        return torch.cat([nibbles, scale_bytes], dim=2).reshape(-1)
+    def _weight_bytes(quads: torch.Tensor) -> torch.Tensor:
+        u = (quads + 8).to(torch.uint8)  # rows 0-15 in the low nibbles, rows 16-31 in the high ones
+        return u[:, :, 0] | (u[:, :, 1] << 4)
 
 
 def quantize_groups(x: torch.Tensor, levels: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,12 +236,6 @@ def quantize_groups(x: torch.Tensor, levels: int, group: int) -> tuple[torch.Ten
     inverse = torch.full_like(top, float(levels)).div(top).where(top > 0, 0.0)  # a true division, as in C
     q = torch.round(grouped * inverse[..., None]).clamp(-levels - 1, levels).to(torch.int8)
     return q.reshape(x.shape).contiguous(), top / levels
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row, as the int8 kernel does it: (int8 values, float32 scales max|x| / 127)."""
-    q, scales = quantize_groups(x, 127, x.shape[-1])
-    return q, scales[..., 0]
 
 
 def tiled_layout_fits(linear: nn.Linear) -> bool:
@@ -290,7 +280,7 @@ def packing_available(dtype: torch.dtype) -> bool:
     return native_available(dtype) or _matches_linear(PackedLinear, dtype)
 
 
-QUANTIZED: dict[str, type[TiledBF16Linear]] = {"int8": TiledInt8Linear, "int4": TiledInt4Linear}
+QUANTIZED: dict[str, type[_GroupedLinear]] = {"int8": TiledInt8Linear, "int4": TiledInt4Linear}
 
 
 def pack_linears(module: nn.Module, quantize: str | None = None) -> int:

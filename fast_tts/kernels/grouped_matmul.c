@@ -1,19 +1,23 @@
-/* The product with 4-bit weights in groups, for CPUs with AVX-512 VNNI: a quarter of bf16's bytes per step.
+/* Products with weights quantized in groups: 4-bit on AVX-512 VNNI (a quarter of bf16's bytes per step) and int8
+ * on AMX-INT8 (half of them).
  *
- * Weights: each output row's inputs in groups of FAST_TTS_INT4_GROUP (64), each group symmetric 4-bit (values
- * -8..7 times a float32 scale max|w| / 7, quantized in fast_tts/kernels/linear.py): 4.5 bits per weight, as
- * llama.cpp's q4_0. Activations: each row's groups quantized to int8 here (scale max|x| / 127, round to nearest
- * even). A group's int8 x 4-bit sum is exact in int32, so the result is, in float32 and in this order,
+ * Weights: each output row's inputs in groups of FAST_TTS_QUANT_GROUP (64), each group symmetric (4-bit: -8..7
+ * times a float32 scale max|w| / 7; int8: -127..127 times max|w| / 127), quantized in fast_tts/kernels/linear.py:
+ * 4.5 or 8.5 bits per weight, as llama.cpp's q4_0 and q8_0. Activations: each row's groups quantized to int8 here
+ * (scale max|x| / 127, round to nearest even). A group's sum is exact in int32, so the result is, in float32 and in
+ * this order,
  *   y = sum over groups g of (float(sum_g) * (x_scale_g * w_scale_g)), then + bias,
  * rounded to bf16 or kept float32; tests/test_native_kernels.py repeats it in torch and compares bit for bit.
  *
- * Packed layout, per tile of 32 output rows, per group: 1024 bytes of weights, then the tile's 32 group scales
- * (float32), so one pass streams the weight in order. The weight bytes hold 16 input quads: quad q is the 64 bytes
- * at q * 64, byte c * 4 + i holding (weight + 8) of output row c (low nibble) and row c + 16 (high nibble) at input
- * 4q + i of the group. A mask and a shift turn those 64 bytes into two `vpdpbusd` operands (unsigned 0..15 for
- * 16 rows x 4 inputs each) whose int32 lanes are already the outputs; the +8 offset comes off as 8 x (the group's
- * activation sum), computed with the quantized activations. At more than 4 rows, where AMX-INT8 is on
- * (fast_tts_use_amx), amx_matmul.c computes the same numbers from the same layout, 16 rows at a time.
+ * Packed layouts, per tile of 32 output rows, per group: the weights, then the tile's 32 group scales (float32), so
+ * one pass streams the weight in order. The weights are input quads, 16 per group: quad q holds 16 output rows x 4
+ * inputs (byte c * 4 + i: row c, input 4q + i of the group), which is one row of an AMX B tile.
+ * - int8: the quads of rows 0..15 (1024 bytes), then those of rows 16..31: two B tiles as they stand.
+ * - 4-bit: 64 bytes per quad, byte c * 4 + i holding (weight + 8) of row c in its low nibble and of row c + 16 in
+ *   its high one. A mask and a shift turn those 64 bytes into two `vpdpbusd` operands (unsigned 0..15 for 16 rows x
+ *   4 inputs each) whose int32 lanes are already the outputs; the +8 offset comes off as 8 x (the group's activation
+ *   sum), computed with the quantized activations. At more than 4 rows, where AMX-INT8 is on (fast_tts_use_amx),
+ *   amx_matmul.c computes the same numbers from the same layout, 16 rows at a time.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -25,10 +29,10 @@
 #pragma GCC optimize("fp-contract=off") /* each product and sum rounded on its own, as torch does */
 
 #define TILE FAST_TTS_TILE
-#define GROUP FAST_TTS_INT4_GROUP
-#define WEIGHT_BYTES (GROUP * TILE / 2) /* one group of a tile: 1024 bytes of nibbles, then its 32 float32 scales */
+#define GROUP FAST_TTS_QUANT_GROUP
+#define WEIGHT_BYTES (GROUP * TILE / 2) /* one group of a 4-bit tile: 1024 bytes of nibbles, then its 32 scales */
 #define BLOCK_BYTES FAST_TTS_INT4_BLOCK_BYTES
-#define MAX_GROUPS (FAST_TTS_MAX_INT4_COLUMNS / GROUP)
+#define MAX_GROUPS (FAST_TTS_MAX_QUANT_COLUMNS / GROUP)
 #define MAX_ROWS 4        /* activation rows per pass over a tile: 16 accumulators stay in registers */
 #define QUANTIZED_ROWS 32 /* activation rows quantized at a time, on the stack */
 
@@ -71,7 +75,7 @@ static inline __attribute__((always_inline)) void tile_rows(const uint8_t *tile,
         __m512i sum_lo[MAX_ROWS], sum_hi[MAX_ROWS];
         for (int b = 0; b < rows; b++) sum_lo[b] = sum_hi[b] = _mm512_setzero_si512();
         for (int quad = 0; quad < GROUP / 4; quad++) {
-            _mm_prefetch((const char *)(block + quad * 64 + FAST_TTS_INT4_PREFETCH_AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(block + quad * 64 + FAST_TTS_QUANT_PREFETCH_AHEAD), _MM_HINT_T0);
             __m512i v = _mm512_loadu_si512(block + quad * 64);
             __m512i w_lo = _mm512_and_si512(v, nibble);
             __m512i w_hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
@@ -109,11 +113,12 @@ static inline __attribute__((always_inline)) void tile_rows(const uint8_t *tile,
     }
 }
 
-/* Tiles first..last-1 of y (m, n) = x (m, k) @ dequantized weight.T (+ bias); k % 64 == 0 and
- * k <= FAST_TTS_MAX_INT4_COLUMNS; `packed` as described above. y is bf16, or float32 when float_out is set. */
-void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
-                              int64_t k, int float_out, int64_t first, int64_t last) {
-    int8_t quantized[QUANTIZED_ROWS * FAST_TTS_MAX_INT4_COLUMNS] __attribute__((aligned(64)));
+/* Tiles first..last-1 of y (m, n) = x (m, k) @ dequantized weight.T (+ bias) for `bits` 4 or 8; k % 64 == 0 and
+ * k <= FAST_TTS_MAX_QUANT_COLUMNS; `packed` as described above. y is bf16, or float32 when float_out is set.
+ * Activations are quantized QUANTIZED_ROWS at a time on the stack, and each such chunk reads the weight once. */
+static void grouped_tile_range(int bits, const uint16_t *x, const void *packed, const float *bias, void *y,
+                               int64_t m, int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
+    int8_t quantized[QUANTIZED_ROWS * FAST_TTS_MAX_QUANT_COLUMNS] __attribute__((aligned(64)));
     float x_scales[QUANTIZED_ROWS * MAX_GROUPS];
     int32_t x_sums[QUANTIZED_ROWS * MAX_GROUPS];
     const int64_t groups = k / GROUP;
@@ -123,10 +128,11 @@ void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float
             fast_tts_quantize_groups_int8(x + (chunk + b) * k, quantized + b * k, x_scales + b * groups,
                                           x_sums + b * groups, k);
 #ifdef FAST_TTS_AMX
-        if (chunk_rows > MAX_ROWS && fast_tts_amx_enabled(FAST_TTS_CPU_AMXINT8)) { /* up to 16 rows per pass over the weight */
+        if (bits == 8 || (chunk_rows > MAX_ROWS && fast_tts_amx_enabled(FAST_TTS_CPU_AMXINT8))) {
             size_t offset = (size_t)(chunk * n);
             void *yc = float_out ? (void *)((float *)y + offset) : (void *)((uint16_t *)y + offset);
-            fast_tts_int4_amx_tiles(packed, quantized, x_scales, bias, yc, chunk_rows, n, k, float_out, first, last);
+            fast_tts_grouped_amx_tiles(bits, packed, quantized, x_scales, bias, yc, chunk_rows, n, k, float_out,
+                                       first, last);
             continue;
         }
 #endif
@@ -152,7 +158,24 @@ void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float
     }
 }
 
+void fast_tts_int4_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                              int64_t k, int float_out, int64_t first, int64_t last) {
+    grouped_tile_range(4, x, packed, bias, y, m, n, k, float_out, first, last);
+}
+
 void fast_tts_matmul_int4(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
                           int64_t k, int float_out, int threads) {
     fast_tts_share_tiles(fast_tts_int4_tile_range, x, packed, bias, y, m, n, k, float_out, threads);
 }
+
+#ifdef FAST_TTS_AMX
+void fast_tts_int8_tile_range(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                              int64_t k, int float_out, int64_t first, int64_t last) {
+    grouped_tile_range(8, x, packed, bias, y, m, n, k, float_out, first, last);
+}
+
+void fast_tts_matmul_int8(const uint16_t *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
+                          int64_t k, int float_out, int threads) {
+    fast_tts_share_tiles(fast_tts_int8_tile_range, x, packed, bias, y, m, n, k, float_out, threads);
+}
+#endif
