@@ -2,12 +2,12 @@
 
 Decode on CPU is bound by how fast the weights stream from memory; oneDNN's prepacked paths read them at about half
 the bandwidth at batch 1. `bf16_matmul.c` reads a repacked bf16 weight strictly in sequence with AVX-512 BF16 and
-reaches the read bandwidth (`amx_matmul.c` computes the same product with AMX tiles where the CPU has them, so that a
-batch of rows costs what one row does; `f32_matmul.c` is the float32 twin, needing AVX-512 F only). Two opt-in
-products read fewer bytes: int8 weights on AMX-INT8 (`amx_matmul.c`) and 4-bit weights in groups on AVX-512 VNNI
-(`grouped_matmul.c`). `decode_step.c` runs a whole decode step of a Llama/Qwen2 decoder in one call, with the
-operations of `decode_ops.h` for bf16 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool.
-`linear.py` swaps `nn.Linear` layers for these kernels, `decode.py` drives the decode step.
+reaches the read bandwidth (`amx_matmul.c` computes the same product with AMX tiles where the CPU has them, so that
+a batch of rows costs what one row does; `f32_matmul.c` is the float32 twin, needing AVX-512 F only). Two opt-in
+products read fewer bytes, with weights quantized in groups (`grouped_matmul.c`): int8 on AMX-INT8 and 4-bit on
+AVX-512 VNNI. `decode_step.c` runs a whole decode step of a Llama/Qwen2 decoder in one call, with the operations of
+`decode_ops.h` for bf16 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool. `linear.py`
+swaps `nn.Linear` layers for these kernels, `decode.py` drives the decode step.
 
 Shipping: the C files are compiled when the package is installed (setup.py builds them as the extension
 `fast_tts.kernels._native` with per-file target attributes, so the library loads on any x86-64 CPU) and the library
