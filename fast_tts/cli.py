@@ -124,8 +124,7 @@ def _store(args: argparse.Namespace) -> dict[str, Any]:
 async def _speak(args: argparse.Namespace) -> int:
     """Run `speak`: whole file, streamed file, or streamed stdout."""
     from fast_tts.audio import StreamEncoder, write_audio
-    from fast_tts.backends import parse_options
-    from fast_tts.engine.auto import AutoEngine
+    from fast_tts.engine.auto import AutoEngine, parse_backend_options
 
     text = _read_text(args)
     path, fmt = _output(args)
@@ -133,7 +132,7 @@ async def _speak(args: argparse.Namespace) -> int:
     if args.backend is not None:
         options["backend"] = args.backend
     if args.backend_option:
-        options["backend_options"] = parse_options(args.backend_option)
+        options["backend_options"] = parse_backend_options(args.backend_option)
     engine = AutoEngine(args.model, **options)
     bar: Any = None
 

@@ -54,15 +54,15 @@ def test_serve_accepts_a_backend_flag() -> None:
 
 
 def test_backend_options_from_text() -> None:
-    from fast_tts.backends import parse_options
+    from fast_tts.engine.auto import parse_backend_options
 
-    got = parse_options(["dtype=bfloat16", "max_batch=4", "pack_weights=false", "kv_dtype=null", "gguf-type=q8_0",
-                         "quantize=int4"])
+    got = parse_backend_options(["dtype=bfloat16", "max_batch=4", "pack_weights=false", "kv_dtype=null",
+                                 "gguf-type=q8_0", "quantize=int4"])
     assert got == {"dtype": "bfloat16", "max_batch": 4, "pack_weights": False, "kv_dtype": None,
                    "gguf_type": "q8_0", "quantize": "int4"}
     for bad in ("dtype", "=bfloat16"):
         with pytest.raises(InvalidInputError, match="is not KEY=VALUE") as err:
-            parse_options([bad])
+            parse_backend_options([bad])
         assert err.value.field == "backend_options"
 
 

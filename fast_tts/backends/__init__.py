@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +40,7 @@ REGISTRY: dict[str, BackendSpec] = {
 BACKENDS = tuple(REGISTRY)
 
 __all__ = ["BACKENDS", "REGISTRY", "BackendSpec", "GenerationResult", "GenerationStream", "Generator", "StepOutput",
-           "backend_name", "create_backend", "parse_options"]
+           "backend_name", "create_backend"]
 
 
 def backend_name(name: str) -> str:
@@ -74,18 +72,3 @@ def create_backend(name: str, adapter: Any, **options: Any) -> Generator:
                                     f"{', '.join(p.name for p in accepted)}", "backend_options")
     return cls(adapter, **options)
 
-
-def parse_options(items: Sequence[str]) -> dict[str, Any]:
-    """Backend options from KEY=VALUE texts (the CLI's --backend-option): a value is read as JSON where it is one
-    (8, 0.5, true, null) and as text otherwise (bfloat16, int4)."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInputError(f"backend option {item!r} is not KEY=VALUE", "backend_options")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        options[key.strip().replace("-", "_")] = value
-    return options

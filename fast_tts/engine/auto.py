@@ -8,6 +8,8 @@ alone, which refuses Chinese text with the install command.
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,19 @@ def AutoEngine(model_path: str | Path | None = None, **kw: Any) -> AsyncEngine:
                 f"{model_path} looks like a {family} model, but this install has no {family} engine") from exc
         raise
     return getattr(module, class_name)(model_path, **kw)
+
+
+def parse_backend_options(items: Sequence[str]) -> dict[str, Any]:
+    """Backend options from KEY=VALUE texts (`--backend-option` of `fast-tts speak` and `serve`): a value is read as
+    JSON where it is one (8, 0.5, true, null) and as text otherwise (bfloat16, int4)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"backend option {item!r} is not KEY=VALUE", "backend_options")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options[key.strip().replace("-", "_")] = value
+    return options

@@ -135,11 +135,11 @@ def default_speakers_dir() -> Path:
 def engine_factory(args: argparse.Namespace) -> Any:
     """Build the engine inside uvicorn's event loop (engines may bind loop resources at construction); a malformed
     --backend-option is an InvalidInputError now, before anything starts."""
-    from fast_tts.backends import parse_options
+    from fast_tts.engine.auto import parse_backend_options
 
     backend: dict[str, Any] = {"backend": args.backend} if args.backend is not None else {}
     if args.backend_option:
-        backend["backend_options"] = parse_options(args.backend_option)
+        backend["backend_options"] = parse_backend_options(args.backend_option)
 
     def build() -> Any:
         from fast_tts.engine.auto import AutoEngine
