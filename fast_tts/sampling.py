@@ -310,27 +310,34 @@ class BatchSampler:
             tokens = x.argmax(-1)
             self._advance(tokens, rows, idx)
             return tokens, self.stop_mask[rows].gather(1, tokens).any(-1)
-        u = self.uniforms[idx, self.cursor[rows]]
-        tokens = sample_inverse_cdf(x, u)
-        if self._flags[4]:
-            self._sample_with_noise(x, tokens, start)
+        sources = self._noise_sources(start, n) if self._flags[4] else {}
+        if len(sources) < n:  # rows without a noise source: inverse CDF from their own uniforms
+            tokens = sample_inverse_cdf(x, self.uniforms[idx, self.cursor[rows]])
+        else:
+            tokens = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
+        if sources:
+            self._sample_with_noise(x, tokens, start, sources)
         tokens = torch.where(greedy, x.argmax(-1), tokens)
         self._advance(tokens, rows, idx)
         stopped = self.stop_mask[rows].gather(1, tokens).any(-1)
         return tokens, stopped
 
-    def _sample_with_noise(self, x: torch.Tensor, tokens: torch.Tensor, start: int) -> None:
-        """Overwrite the tokens of rows with a noise source by argmax(softmax(x) / noise) (torch.multinomial's draw)."""
-        local, noise = [], []
-        for i in range(x.shape[0]):
+    def _noise_sources(self, start: int, n: int) -> dict[int, NoiseSource]:
+        """The noise sources of rows start..start+n-1 that bring one, by position 0..n-1."""
+        sources = {}
+        for i in range(n):
             p = self._params[start + i]
             if p is not None and p.noise is not None:
-                local.append(i)
-                noise.append(p.noise.noise(self._steps_py[start + i]))
-        if local:
-            at = torch.tensor(local, device=x.device)
-            probs = x[at].softmax(-1)
-            tokens[at] = (probs / torch.stack(noise).to(probs.device, probs.dtype)).argmax(-1)
+                sources[i] = p.noise
+        return sources
+
+    def _sample_with_noise(self, x: torch.Tensor, tokens: torch.Tensor, start: int,
+                           sources: dict[int, NoiseSource]) -> None:
+        """Set the tokens of the rows with a noise source to argmax(softmax(x) / noise), torch.multinomial's draw."""
+        noise = [source.noise(self._steps_py[start + i]) for i, source in sources.items()]
+        at = torch.tensor(list(sources), device=x.device)
+        probs = x[at].softmax(-1)
+        tokens[at] = (probs / torch.stack(noise).to(probs.device, probs.dtype)).argmax(-1)
 
     def _advance(self, tokens: torch.Tensor, rows: slice, idx: torch.Tensor) -> None:
         steps = self.steps[rows]
