@@ -13,6 +13,7 @@ from torch import nn
 
 from fast_tts import kernels
 from fast_tts.kernels.linear import (
+    QUANTIZED,
     PackedLinear,
     TiledBF16Linear,
     TiledF32Linear,
@@ -399,6 +400,9 @@ def test_g2p_head_runs_tiled_for_a_bf16_backend() -> None:
 
 needs_int8 = pytest.mark.skipif(not (CAN_RUN and {"amx_tile", "amx_int8"} <= _cpu_flags()),
                                 reason="this CPU lacks AMX-INT8 (or is not x86-64 Linux)")
+needs_int4 = pytest.mark.skipif(not (CAN_RUN and "avx512_vnni" in _cpu_flags()),
+                                reason="this CPU lacks AVX-512 VNNI (or is not x86-64 Linux)")
+SCHEMES = [pytest.param("int8", marks=needs_int8), pytest.param("int4", marks=needs_int4)]
 
 
 def _grouped_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, levels: int) -> torch.Tensor:
@@ -437,44 +441,7 @@ def test_int8_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features
         torch.testing.assert_close(want, x.float() @ lin.weight.T + (lin.bias if bias else 0), rtol=0.05, atol=0.05)
 
 
-@needs_int8
-@pytest.mark.parametrize("threads", [1, 2])
-def test_native_int8_decode_step_equals_the_torch_step(threads: int, monkeypatch) -> None:
-    """Int8 linears (every in_features a multiple of 64) under the bf16 step: the torch code runs the same int8
-    products, so the two agree as the bf16 steps do."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    model = _random_decoder(DecoderConfig(128, 256, 2, 4, 2, qkv_bias=True), seed=4)
-    assert pack_linears(model, quantize="int8") == 8
-    assert all(isinstance(m, TiledInt8Linear) for m in model.modules() if isinstance(m, _TiledLinear))
-    got, want, cache, want_cache = _native_and_torch_step(model, torch.bfloat16)
-    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
-    torch.testing.assert_close(cache.k.float(), want_cache[0].float(), rtol=2**-7, atol=2**-7)
-    torch.testing.assert_close(cache.v[0], want_cache[1][0], rtol=0, atol=0)  # layer 0: the same int8 qkv product
-
-
-@needs_int8
-async def test_int8_backend_tokens_agree_with_and_without_the_native_step(monkeypatch) -> None:
-    from fast_tts.backends import create_backend
-    from fast_tts.sampling import SamplingParams
-
-    params = SamplingParams(temperature=0.7, max_new_tokens=12, seed=5, return_hidden=True)
-    prompt = torch.randint(0, 50, (9, 1), generator=torch.Generator().manual_seed(1))
-    results = []
-    for native_step in (True, False):
-        if not native_step:
-            monkeypatch.setattr(Transformer, "native_decoder", lambda self, cache: None)
-        b = create_backend("torch", _TinyLM(), max_batch=2, max_seq=64, dtype="bfloat16", quantize="int8")
-        try:
-            assert (b.runner.native is not None) is native_step
-            assert isinstance(b.runner.model.layers[0].mlp.down_proj, TiledInt8Linear)
-            results.append(await b.submit(prompt, params).collect())
-        finally:
-            await b.shutdown()
-    assert torch.equal(results[0].token_ids, results[1].token_ids)
-    torch.testing.assert_close(results[0].hiddens, results[1].hiddens, rtol=2e-2, atol=2e-2)
-
-
-def test_int8_is_refused_with_the_reason(monkeypatch) -> None:
+def test_quantize_is_refused_with_the_reason(monkeypatch) -> None:
     from fast_tts.backends import create_backend, torch_runner
     from fast_tts.errors import InvalidInputError
 
@@ -489,10 +456,6 @@ def test_int8_is_refused_with_the_reason(monkeypatch) -> None:
     with pytest.raises(InvalidInputError, match="AVX-512 VNNI") as err:
         create_backend("torch", _TinyLM(), dtype="bfloat16", quantize="int4")
     assert err.value.field == "quantize"
-
-
-needs_int4 = pytest.mark.skipif(not (CAN_RUN and "avx512_vnni" in _cpu_flags()),
-                                reason="this CPU lacks AVX-512 VNNI (or is not x86-64 Linux)")
 
 
 @needs_int4
@@ -527,23 +490,23 @@ def test_group_quantization_rounds_half_to_even_and_keeps_zero_groups() -> None:
     assert scales.tolist() == [[1.0, 0.0], [0.0, 0.0]]
 
 
-@needs_int4
+@pytest.mark.parametrize("quantize", SCHEMES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_native_int4_decode_step_equals_the_torch_step(threads: int, monkeypatch) -> None:
-    """4-bit linears under the bf16 step: the torch code runs the same 4-bit products, so the two agree as the
-    bf16 steps do."""
+def test_native_quantized_decode_step_equals_the_torch_step(quantize: str, threads: int, monkeypatch) -> None:
+    """int8 or 4-bit linears (every in_features a multiple of 64) under the bf16 step: the torch code runs the same
+    quantized products, so the two agree as the bf16 steps do."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     model = _random_decoder(DecoderConfig(128, 256, 2, 4, 2, qkv_bias=True), seed=4)
-    assert pack_linears(model, quantize="int4") == 8
-    assert all(isinstance(m, TiledInt4Linear) for m in model.modules() if isinstance(m, _TiledLinear))
+    assert pack_linears(model, quantize=quantize) == 8
+    assert all(isinstance(m, QUANTIZED[quantize]) for m in model.modules() if isinstance(m, _TiledLinear))
     got, want, cache, want_cache = _native_and_torch_step(model, torch.bfloat16)
     torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7)
     torch.testing.assert_close(cache.k.float(), want_cache[0].float(), rtol=2**-7, atol=2**-7)
-    torch.testing.assert_close(cache.v[0], want_cache[1][0], rtol=0, atol=0)  # layer 0: the same 4-bit qkv product
+    torch.testing.assert_close(cache.v[0], want_cache[1][0], rtol=0, atol=0)  # layer 0: the same qkv product
 
 
-@needs_int4
-async def test_int4_backend_tokens_agree_with_and_without_the_native_step(monkeypatch) -> None:
+@pytest.mark.parametrize("quantize", SCHEMES)
+async def test_quantized_backend_tokens_agree_with_and_without_the_native_step(quantize: str, monkeypatch) -> None:
     from fast_tts.backends import create_backend
     from fast_tts.sampling import SamplingParams
 
@@ -553,10 +516,10 @@ async def test_int4_backend_tokens_agree_with_and_without_the_native_step(monkey
     for native_step in (True, False):
         if not native_step:
             monkeypatch.setattr(Transformer, "native_decoder", lambda self, cache: None)
-        b = create_backend("torch", _TinyLM(), max_batch=2, max_seq=64, dtype="bfloat16", quantize="int4")
+        b = create_backend("torch", _TinyLM(), max_batch=2, max_seq=64, dtype="bfloat16", quantize=quantize)
         try:
             assert (b.runner.native is not None) is native_step
-            assert isinstance(b.runner.model.layers[0].mlp.down_proj, TiledInt4Linear)
+            assert isinstance(b.runner.model.layers[0].mlp.down_proj, QUANTIZED[quantize])
             results.append(await b.submit(prompt, params).collect())
         finally:
             await b.shutdown()

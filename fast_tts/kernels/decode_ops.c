@@ -31,26 +31,19 @@ static void matmul_tiles(const void *x, const void *packed, const float *bias, v
 
 FAST_TTS_STEP_OPS(fast_tts_bf16_step_ops, uint16_t, load_bf16, store_bf16, round_bf16, matmul_tiles);
 
-static void int4_matmul_tiles(const void *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
-                              int64_t k, int64_t first, int64_t last) {
-    fast_tts_int4_tile_range(x, packed, bias, y, m, n, k, 0, first, last);
-}
+/* bf16 activations and cache with the products of grouped_matmul.c: the bf16 table but for its matmul, which is
+ * `range` (a tile range with bf16 output). */
+#define BF16_STEP_OPS_WITH(name, range)                                                                              \
+    static void name##_matmul(const void *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,   \
+                              int64_t k, int64_t first, int64_t last) {                                              \
+        range(x, packed, bias, y, m, n, k, 0, first, last);                                                          \
+    }                                                                                                                \
+    const fast_tts_step_ops name = {sizeof(uint16_t),           fast_tts_bf16_step_ops_add,                          \
+                                    fast_tts_bf16_step_ops_norm, name##_matmul,                                      \
+                                    fast_tts_bf16_step_ops_rope, fast_tts_bf16_step_ops_attend,                      \
+                                    fast_tts_bf16_step_ops_silu_mul}
 
-/* bf16 activations and cache with 4-bit-weight products: the bf16 table but for its matmul. */
-const fast_tts_step_ops fast_tts_int4_step_ops = {
-    sizeof(uint16_t),           fast_tts_bf16_step_ops_add,    fast_tts_bf16_step_ops_norm,
-    int4_matmul_tiles,          fast_tts_bf16_step_ops_rope,   fast_tts_bf16_step_ops_attend,
-    fast_tts_bf16_step_ops_silu_mul};
-
+BF16_STEP_OPS_WITH(fast_tts_int4_step_ops, fast_tts_int4_tile_range);
 #ifdef FAST_TTS_AMX
-static void int8_matmul_tiles(const void *x, const void *packed, const float *bias, void *y, int64_t m, int64_t n,
-                              int64_t k, int64_t first, int64_t last) {
-    fast_tts_int8_tile_range(x, packed, bias, y, m, n, k, 0, first, last);
-}
-
-/* bf16 activations and cache with int8-weight products: the bf16 table but for its matmul. */
-const fast_tts_step_ops fast_tts_int8_step_ops = {
-    sizeof(uint16_t),           fast_tts_bf16_step_ops_add,    fast_tts_bf16_step_ops_norm,
-    int8_matmul_tiles,          fast_tts_bf16_step_ops_rope,   fast_tts_bf16_step_ops_attend,
-    fast_tts_bf16_step_ops_silu_mul};
+BF16_STEP_OPS_WITH(fast_tts_int8_step_ops, fast_tts_int8_tile_range);
 #endif
