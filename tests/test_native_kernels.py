@@ -17,7 +17,6 @@ from fast_tts.kernels.linear import (
     PackedLinear,
     TiledBF16Linear,
     TiledF32Linear,
-    TiledInt4Linear,
     TiledInt8Linear,
     _TiledLinear,
     native_available,
@@ -419,28 +418,6 @@ def _grouped_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out if bias is None else out + bias.float()
 
 
-@needs_int8
-@pytest.mark.parametrize("rows", [1, 5, 16, 17, 70])  # 17: two AMX row blocks; 70: three quantized chunks
-@pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
-                                                                   (45, 192, True)])
-@pytest.mark.parametrize("float_out", [False, True])
-def test_int8_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
-                                                         float_out: bool) -> None:
-    """int8 weights and activations in groups, exact int32 group sums, float32 scaling: the kernel and
-    `_grouped_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
-    torch.manual_seed(rows + in_features)
-    lin = nn.Linear(in_features, out_features, bias=bias)
-    x = torch.randn(rows, in_features).to(torch.bfloat16)
-    layer = TiledInt8Linear(lin, float_out=float_out)
-    with torch.no_grad():
-        got = layer(x)
-        want = _grouped_reference(x, lin.weight, lin.bias, 127)
-        assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
-        assert torch.equal(layer(x[-1:]), got[-1:])
-        # and close to the float product: int8 steps of both operands
-        torch.testing.assert_close(want, x.float() @ lin.weight.T + (lin.bias if bias else 0), rtol=0.05, atol=0.05)
-
-
 def test_quantize_is_refused_with_the_reason(monkeypatch) -> None:
     from fast_tts.backends import create_backend, torch_runner
     from fast_tts.errors import InvalidInputError
@@ -458,29 +435,30 @@ def test_quantize_is_refused_with_the_reason(monkeypatch) -> None:
     assert err.value.field == "quantize"
 
 
-@needs_int4
+@pytest.mark.parametrize("quantize", SCHEMES)
 @pytest.mark.usefixtures("amx_switch")
-# 5: two vector passes or one AMX block; 17: two AMX blocks; 33, 70: several quantized chunks, the last of 1 or 6
+# 4-bit at 5 rows: two vector passes or one AMX block; 17: two AMX blocks; 33, 70: several quantized chunks, the last
+# of 1 or 6 rows
 @pytest.mark.parametrize("rows", [1, 3, 5, 17, 33, 70])
 @pytest.mark.parametrize(("out_features", "in_features", "bias"), [(96, 64, True), (2304, 768, False),
                                                                    (45, 192, True)])
 @pytest.mark.parametrize("float_out", [False, True])
-def test_int4_linear_is_its_torch_arithmetic_bit_for_bit(rows: int, out_features: int, in_features: int, bias: bool,
-                                                         float_out: bool) -> None:
-    """4-bit grouped weights, int8 grouped activations, exact int32 group sums, float32 scaling: the kernel and
-    `_grouped_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
+def test_grouped_linear_is_its_torch_arithmetic_bit_for_bit(quantize: str, rows: int, out_features: int,
+                                                            in_features: int, bias: bool, float_out: bool) -> None:
+    """int8 or 4-bit grouped weights, int8 grouped activations, exact int32 group sums, float32 scaling: the kernel
+    and `_grouped_reference` compute the same numbers, and a row's result is the same alone as in a batch."""
     torch.manual_seed(rows + in_features)
     lin = nn.Linear(in_features, out_features, bias=bias)
     x = torch.randn(rows, in_features).to(torch.bfloat16)
-    layer = TiledInt4Linear(lin, float_out=float_out)
+    layer = QUANTIZED[quantize](lin, float_out=float_out)
     with torch.no_grad():
         got = layer(x)
-        want = _grouped_reference(x, lin.weight, lin.bias, 7)
+        want = _grouped_reference(x, lin.weight, lin.bias, layer.levels)
         assert torch.equal(got, want if float_out else want.to(torch.bfloat16))
         assert torch.equal(layer(x[-1:]), got[-1:])
-        # and near the float product: a 4-bit step is a seventh of a group's largest weight
+        # and near the float product: a step is a seventh (4-bit) or 1/127 (int8) of a group's largest weight
         error = (want - (x.float() @ lin.weight.T + (lin.bias if bias else 0))).norm() / want.norm()
-    assert error < 0.15
+    assert error < {"int8": 0.02, "int4": 0.15}[quantize]
 
 
 def test_group_quantization_rounds_half_to_even_and_keeps_zero_groups() -> None:
