@@ -71,4 +71,3 @@ def create_backend(name: str, adapter: Any, **options: Any) -> Generator:
             raise InvalidInputError(f"backend {key!r} has no option {', '.join(map(repr, unknown))}; its options: "
                                     f"{', '.join(p.name for p in accepted)}", "backend_options")
     return cls(adapter, **options)
-
