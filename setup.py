@@ -18,7 +18,7 @@ SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "amx_matmul.c", "grouped_matmu
 native = Extension(
     "fast_tts.kernels._native",
     sources=[KERNELS + name for name in SOURCES],
-    depends=[KERNELS + "fast_tts_kernels.h", KERNELS + "decode_ops.h"],
+    depends=[KERNELS + "fast_tts_kernels.h", KERNELS + "decode_ops.h", KERNELS + "tile_store.h"],
     include_dirs=[KERNELS],
     extra_compile_args=["-O3", "-pthread"],
     extra_link_args=["-pthread"],

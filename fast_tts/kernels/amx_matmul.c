@@ -28,6 +28,8 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,amx-int8")
 #pragma GCC optimize("fp-contract=off") /* the grouped products' scaling rounded step by step, as torch does */
 
+#include "tile_store.h"
+
 #define TILE FAST_TTS_TILE
 #define ROWS 16    /* activation rows per A tile */
 #define COLUMNS 32 /* input columns per A tile: 64 bytes of bf16 */
@@ -76,19 +78,6 @@ static void configure(int rows) {
     _tile_loadconfig(&c);
 }
 
-/* y[row, t*32 .. t*32+31] = (lo, hi), stored as bf16 (rounded to nearest even) or float32. */
-static inline __attribute__((always_inline)) void store_outputs(void *y, size_t offset, __m512 lo, __m512 hi,
-                                                                int float_out) {
-    if (float_out) {
-        _mm512_storeu_ps((float *)y + offset, lo);
-        _mm512_storeu_ps((float *)y + offset + 16, hi);
-    } else {
-        uint16_t *yh = (uint16_t *)y + offset;
-        _mm256_storeu_si256((__m256i *)yh, (__m256i)_mm512_cvtneps_pbh(lo));
-        _mm256_storeu_si256((__m256i *)(yh + 16), (__m256i)_mm512_cvtneps_pbh(hi));
-    }
-}
-
 /* Tiles first..last-1 of fast_tts_matmul_tile_range's product, for k % 32 == 0. */
 void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const float *bias, void *y, int64_t m,
                              int64_t n, int64_t k, int float_out, int64_t first, int64_t last) {
@@ -116,7 +105,7 @@ void fast_tts_amx_tile_range(const uint16_t *x, const uint16_t *packed, const fl
             for (int b = 0; b < rows; b++) {
                 __m512 lo = _mm512_add_ps(_mm512_loadu_ps(sums[0] + 16 * b), bias_lo);
                 __m512 hi = _mm512_add_ps(_mm512_loadu_ps(sums[1] + 16 * b), bias_hi);
-                store_outputs(y, (size_t)((row + b) * n + t * TILE), lo, hi, float_out);
+                store_tile_row(y, (size_t)((row + b) * n + t * TILE), lo, hi, float_out);
             }
         }
     }
@@ -185,7 +174,7 @@ void fast_tts_grouped_amx_tiles(int bits, const void *packed, const int8_t *xq, 
                 }
             }
             for (int b = 0; b < rows; b++)
-                store_outputs(y, (size_t)((row + b) * n + t * TILE), _mm512_add_ps(_mm512_loadu_ps(acc[b]), bias_lo),
+                store_tile_row(y, (size_t)((row + b) * n + t * TILE), _mm512_add_ps(_mm512_loadu_ps(acc[b]), bias_lo),
                               _mm512_add_ps(_mm512_loadu_ps(acc[b] + 16), bias_hi), float_out);
         }
     }

@@ -18,6 +18,8 @@
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 
+#include "tile_store.h"
+
 #define TILE FAST_TTS_TILE
 #define MAX_ROWS 8
 #define PREFETCH_AHEAD 16 /* column pairs of 128 bytes: 2 KiB ahead */
@@ -54,18 +56,8 @@ static inline __attribute__((always_inline)) void tile_product(const uint16_t *x
     }
     __m512 bias_lo = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
     __m512 bias_hi = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-    for (int b = 0; b < rows; b++) {
-        __m512 out_lo = _mm512_add_ps(lo[b], bias_lo), out_hi = _mm512_add_ps(hi[b], bias_hi);
-        if (float_out) {
-            float *yf = (float *)y + b * ldy;
-            _mm512_storeu_ps(yf, out_lo);
-            _mm512_storeu_ps(yf + 16, out_hi);
-        } else { /* round to nearest even, like a bf16 cast */
-            uint16_t *yh = (uint16_t *)y + b * ldy;
-            _mm256_storeu_si256((__m256i *)yh, (__m256i)_mm512_cvtneps_pbh(out_lo));
-            _mm256_storeu_si256((__m256i *)(yh + 16), (__m256i)_mm512_cvtneps_pbh(out_hi));
-        }
-    }
+    for (int b = 0; b < rows; b++)
+        store_tile_row(y, (size_t)(b * ldy), _mm512_add_ps(lo[b], bias_lo), _mm512_add_ps(hi[b], bias_hi), float_out);
 }
 
 /* Tiles first..last-1 of y (m, n) = x (m, k) @ weight.T (+ bias, float32, may be NULL); weight packed by

@@ -28,6 +28,8 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni")
 #pragma GCC optimize("fp-contract=off") /* each product and sum rounded on its own, as torch does */
 
+#include "tile_store.h"
+
 #define TILE FAST_TTS_TILE
 #define GROUP FAST_TTS_QUANT_GROUP
 #define WEIGHT_BYTES (GROUP * TILE / 2) /* one group of a 4-bit tile: 1024 bytes of nibbles, then its 32 scales */
@@ -101,15 +103,8 @@ static inline __attribute__((always_inline)) void tile_rows(const uint8_t *tile,
     __m512 bias_lo = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
     __m512 bias_hi = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
     for (int b = 0; b < rows; b++) {
-        __m512 lo = _mm512_add_ps(acc_lo[b], bias_lo), hi = _mm512_add_ps(acc_hi[b], bias_hi);
-        if (float_out) {
-            _mm512_storeu_ps((float *)y + b * ldy, lo);
-            _mm512_storeu_ps((float *)y + b * ldy + 16, hi);
-        } else { /* round to nearest even, like a bf16 cast */
-            uint16_t *yh = (uint16_t *)y + b * ldy;
-            _mm256_storeu_si256((__m256i *)yh, (__m256i)_mm512_cvtneps_pbh(lo));
-            _mm256_storeu_si256((__m256i *)(yh + 16), (__m256i)_mm512_cvtneps_pbh(hi));
-        }
+        store_tile_row(y, (size_t)(b * ldy), _mm512_add_ps(acc_lo[b], bias_lo), _mm512_add_ps(acc_hi[b], bias_hi),
+                       float_out);
     }
 }
 
