@@ -44,12 +44,6 @@ class Sampled:
     hidden: torch.Tensor
 
 
-NEEDS = {  # what each scheme's kernel needs, for the refusal
-    "int8": "AMX-INT8 (Intel Xeon 4th generation or later)",
-    "int4": "AVX-512 VNNI and BF16 (Intel Xeon 3rd generation or later, AMD Zen 4 or later)",
-}
-
-
 def _check_quantize(quantize: str | None, dtype: torch.dtype, device: torch.device, compile: bool) -> None:
     """`quantize` names a scheme this runner can run here, or the error says what is missing."""
     if quantize is None:
@@ -64,8 +58,8 @@ def _check_quantize(quantize: str | None, dtype: torch.dtype, device: torch.devi
                                 "quantize")
     if not quantized_available(quantize):
         raise InvalidInputError(
-            f"quantize={quantize!r} needs fast-tts's native kernels on a CPU with {NEEDS[quantize]} and an OS that "
-            "grants it; this machine has not; use dtype='bfloat16' alone", "quantize")
+            f"quantize={quantize!r} needs fast-tts's native kernels on a CPU with {QUANTIZED[quantize].needs} and "
+            "an OS that grants it; this machine has not; use dtype='bfloat16' alone", "quantize")
 
 
 class TorchRunner:

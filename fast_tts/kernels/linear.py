@@ -172,6 +172,7 @@ class _GroupedLinear(TiledBF16Linear):
 
     weight_dtype = torch.float32
     levels: int  # the weights' largest magnitude, in steps
+    needs: str  # the CPU features `runs_on` checks, as a user reads them
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
@@ -200,6 +201,7 @@ class TiledInt8Linear(_GroupedLinear):
     """int8 weights on AMX-INT8, for half the bytes of bf16 per step (8.5 bits per weight, as llama.cpp's q8_0)."""
 
     levels = 127
+    needs = "AMX-INT8 (Intel Xeon 4th generation or later)"
     _matmul = "fast_tts_matmul_int8"
 
     @staticmethod
@@ -215,6 +217,7 @@ class TiledInt4Linear(_GroupedLinear):
     """4-bit weights on AVX-512 VNNI (AMX-INT8 at more than 4 rows), for 4.5 bits per weight (llama.cpp's q4_0)."""
 
     levels = 7
+    needs = "AVX-512 VNNI and BF16 (Intel Xeon 3rd generation or later, AMD Zen 4 or later)"
     _matmul = "fast_tts_matmul_int4"
 
     @staticmethod
