@@ -83,6 +83,7 @@ def _plain(text: str) -> tuple[float, float, float]:
     """The reference way: misaki ZHG2P per whole sentence, one Kokoro call each (model loaded beforehand)."""
     from misaki.zh import ZHG2P
 
+    from fast_tts.engine.kokoro import DEFAULT_VOICE
     from fast_tts.models.kokoro import KokoroModel, load_bundled
     from fast_tts.text import normalize
 
@@ -93,7 +94,7 @@ def _plain(text: str) -> tuple[float, float, float]:
     first = None
     samples = 0
     for sentence in filter(None, re.split("(?<=[。！？])", normalize(text, "zh"))):
-        audio = model.synthesize(model.tokens(g2p(sentence)[0]), "jm_kumo")
+        audio = model.synthesize(model.tokens(g2p(sentence)[0]), DEFAULT_VOICE)
         first = first if first is not None else time.perf_counter() - started
         samples += audio.size
     return first or 0.0, time.perf_counter() - started, samples / model.sample_rate

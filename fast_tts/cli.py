@@ -203,7 +203,7 @@ async def _voices(args: argparse.Namespace) -> int:
 
 
 def _languages(engine: Any, name: str) -> str:
-    """ "en, zh  (en: joe, zh: jm_kumo)" for a built-in voice of an engine that knows languages; "" otherwise."""
+    """ "en, zh  (en: joe, zh: zf_xiaobei)" for a built-in voice of an engine that knows languages; "" otherwise."""
     from fast_tts.errors import UnknownVoiceError
 
     try:

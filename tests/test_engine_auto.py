@@ -59,7 +59,7 @@ async def test_auto_engine_default_is_the_bundled_voice() -> None:
     engine = AutoEngine()
     if "zh" in bundled_languages():  # the default voice set routes by language (tests/test_routing.py)
         assert engine.family == "piper+kokoro" and engine.default_voice == "auto"
-        assert engine.voice_routes("auto") == (("en", "joe"), ("zh", "jm_kumo"))
+        assert engine.voice_routes("auto") == (("en", "joe"), ("zh", "zf_xiaobei"))
     else:
         assert isinstance(engine, AsyncPiperEngine)
         assert engine.family == "piper" and engine.default_voice == "joe"

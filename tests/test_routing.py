@@ -15,8 +15,8 @@ from fast_tts.engine.routed import VoiceSet, check_readable, language_label, rou
 from fast_tts.errors import InvalidInputError
 from fast_tts.text.runs import script_of, scripts_of_language, split_scripts
 
-AUTO = VoiceSet((("en", "joe"), ("zh", "jm_kumo")))
-ZH_ONLY = VoiceSet((("zh", "jm_kumo"),))
+AUTO = VoiceSet((("en", "joe"), ("zh", "zf_xiaobei")))
+ZH_ONLY = VoiceSet((("zh", "zf_xiaobei"),))
 EN_ONLY = VoiceSet((("en", "joe"),))
 
 
@@ -77,7 +77,7 @@ def test_languages_read_scripts() -> None:
 def test_the_default_set_routes_each_language_to_its_voice() -> None:
     routes = route_text("Hello there. 我有3个苹果，and 2 pears.", AUTO)
     assert [(r.language, r.voice, r.text) for r in routes] == [
-        ("en", "joe", "Hello there. "), ("zh", "jm_kumo", "我有3个苹果，"), ("en", "joe", "and 2 pears.")]
+        ("en", "joe", "Hello there. "), ("zh", "zf_xiaobei", "我有3个苹果，"), ("en", "joe", "and 2 pears.")]
     assert [(r.language, r.text) for r in route_text("123", AUTO)] == [("en", "123")]  # letterless: the first voice
     assert [(r.language, r.text) for r in route_text("123", ZH_ONLY)] == [("zh", "123")]
 

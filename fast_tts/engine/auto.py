@@ -1,7 +1,7 @@
 """AutoEngine: the bundled voices (no path), or the family a checkpoint folder's layout shows, as an engine.
 
 With no model path the engine is the default voice set: English (Piper joe) and, when `fast-tts[zh]` is installed,
-Mandarin (Kokoro jm_kumo), routed by language (fast_tts.engine.routed). Without the extra it is the Piper voice
+Mandarin (Kokoro zf_xiaobei), routed by language (fast_tts.engine.routed). Without the extra it is the Piper voice
 alone, which refuses Chinese text with the install command.
 """
 

