@@ -90,7 +90,7 @@ def load_bundled() -> KokoroFiles:
     bad = [name for name, table in voices.items() if table.shape != (MAX_TOKENS, 1, 256)]
     if bad or not voices:
         raise ModelLoadError(f"{data / 'voices_ja.npz'}: unexpected voice tables {bad or 'none'}")
-    return KokoroFiles(model, {str(k): int(v) for k, v in vocab.items()}, {**_mandarin_voices(), **voices})
+    return KokoroFiles(model, {str(k): int(v) for k, v in vocab.items()}, {**voices, **_mandarin_voices()})
 
 
 def _mandarin_voices() -> dict[str, np.ndarray]:
@@ -117,6 +117,6 @@ def bundled_voice_names() -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             ja = [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
-            return sorted([*ZH_VOICE_SHA256, *ja])
+            return sorted({*ZH_VOICE_SHA256, *ja})
     except (OSError, zipfile.BadZipFile) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}; reinstall with {ZH_EXTRA}") from exc
