@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fast_tts.audio import JoinRule, read_audio
 from fast_tts.devices import pick_device
 from fast_tts.engine.base import AsyncEngine, ProgressFn, Segment, SegmentJob, Voice
-from fast_tts.engine.chattts_runtime import SAMPLE_RATE, ChatTTSRuntime, CodeRequest, code_sampling
+from fast_tts.engine.chattts_runtime import SAMPLE_RATE, ChatTTSRuntime
 from fast_tts.engine.lm import LMCall, RequestContext
 from fast_tts.engine.params import SpeechParams, given, is_int
 from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError
 from fast_tts.models.chattts.loader import load_chattts
 from fast_tts.models.chattts.normalizer import Normalizer
-from fast_tts.models.chattts.speaker import decode_speaker, sample_random_speaker
+from fast_tts.models.chattts.prompt import ChatTTSVoice, CodeRequest, code_sampling
+from fast_tts.models.chattts.speaker import decode_speaker, seeded_speaker
 
 DEFAULT_VOICE_SEED = 2
 
@@ -61,16 +61,6 @@ class ChatTTSParams(SpeechParams):
     def speed_tag(self) -> str:
         """ChatTTS's speed control token for `speed` (1.0 -> [speed_5])."""
         return f"[speed_{min(9, max(0, round(5 * self.speed)))}]"
-
-
-@dataclass(frozen=True)
-class ChatTTSVoice:
-    """A ChatTTS voice: a speaker string (timbre), and/or an audio prompt (codes of a recording) with its
-    transcript; all None lets the model pick a voice per utterance."""
-
-    spk_emb: str | None = None
-    spk_smp: str | None = None
-    txt_smp: str | None = None
 
 
 class AsyncChatTTSEngine(AsyncEngine):
@@ -117,9 +107,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         models = self.runtime.models
         if models.spk_std is None:  # no statistics: the model picks a voice per utterance ([empty_spk])
             return ChatTTSVoice()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(DEFAULT_VOICE_SEED)
-            return ChatTTSVoice(spk_emb=sample_random_speaker(models.spk_std, models.spk_mean))
+        return ChatTTSVoice(spk_emb=seeded_speaker(models.spk_std, models.spk_mean, DEFAULT_VOICE_SEED))
 
     def _builtin_voices(self) -> list[str]:
         return ["default"]
@@ -146,9 +134,7 @@ class AsyncChatTTSEngine(AsyncEngine):
             models = self.runtime.models
             if models.spk_std is None:
                 raise InvalidInputError("this checkpoint has no speaker statistics to draw from", field="seed")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(options["seed"]))
-                meta["spk_emb"] = sample_random_speaker(models.spk_std, models.spk_mean)
+            meta["spk_emb"] = seeded_speaker(models.spk_std, models.spk_mean, int(options["seed"]))
         if not any(meta.values()):
             raise InvalidInputError("give reference audio, a speaker string (spk_emb) or a seed", field="audio")
         return {}, {k: v for k, v in meta.items() if v}
@@ -195,9 +181,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         sampling = code_sampling(params.temperature, params.top_p, params.top_k, params.repetition_penalty,
                                  params.min_tokens, params.max_tokens, self.runtime.eos_code, params.seed, True,
                                  params.use_decoder)
-        v = voice.data
-        return self.runtime.code_call(CodeRequest(segment.text, sampling, v.spk_emb, v.spk_smp, v.txt_smp,
-                                                  params.speed_tag))
+        return self.runtime.code_call(CodeRequest(segment.text, sampling, voice.data, params.speed_tag))
 
     def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
         assert job.tokens is not None
