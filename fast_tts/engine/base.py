@@ -271,16 +271,7 @@ class AsyncEngine(ABC):
     def _params(self, voice: Voice[Any], values: Mapping[str, Any]) -> SpeechParams:
         """Family defaults < voice presets < request values, validated; engine defaults fill what is left open."""
         params = resolve(self.params_type, voice.presets, values, self.family)
-        deterministic = params.deterministic
-        if deterministic is None:
-            deterministic = self.deterministic or params.seed is not None
-        return self._finish_params(dataclasses.replace(
-            params, length_threshold=params.length_threshold or self.length_threshold,
-            window_size=params.window_size or self.window_size, deterministic=deterministic))
-
-    def _finish_params(self, params: SpeechParams) -> SpeechParams:
-        """A family's last word on resolved parameters (e.g. a seed implied by `deterministic`)."""
-        return params
+        return params.completed(self.length_threshold, self.window_size, self.deterministic)
 
     async def _voice(self, name: str | None) -> Voice[Any]:
         """Resolve `name` (default voice when None) among built-in voices and stored speakers."""

@@ -57,6 +57,11 @@ class ChatTTSParams(SpeechParams):
         code_sampling(self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.min_tokens,
                       self.max_tokens, 0, self.seed, True, True)  # raises for bad sampling values
 
+    def completed(self, length_threshold: int, window_size: int, deterministic: bool) -> ChatTTSParams:
+        """SpeechParams's; `deterministic` without a seed samples with seed 0."""
+        params = super().completed(length_threshold, window_size, deterministic)
+        return dataclasses.replace(params, seed=0) if params.deterministic and params.seed is None else params
+
     @property
     def speed_tag(self) -> str:
         """ChatTTS's speed control token for `speed` (1.0 -> [speed_5])."""
@@ -155,12 +160,6 @@ class AsyncChatTTSEngine(AsyncEngine):
         return Voice("clone", self._clone_data(reference_audio, reference_text))
 
     # ----- synthesis -------------------------------------------------------------------------------------------
-
-    def _finish_params(self, params: SpeechParams) -> SpeechParams:
-        """`deterministic` without a seed samples with seed 0."""
-        if params.deterministic and params.seed is None:
-            return dataclasses.replace(params, seed=0)
-        return params
 
     def _prepare(self, text: str, voice: Voice[Any], params: ChatTTSParams, ctx: RequestContext) -> list[str]:
         """Split first (reference-004 windows), then ChatTTS's normalizer per segment (wetext, homophones), then
