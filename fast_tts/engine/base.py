@@ -12,7 +12,8 @@ worker, and little else:
   _lm_call(segment, voice, params, ctx)        optional: the LM generation a segment needs (started ahead for it)
   _make_speaker / _speaker_voice / _clone_voice optional: custom and cloned voices (stored by SpeakerStore;
                                              PresetSpeakerEngine makes them presets over a built-in voice)
-  _close()                                     optional: release the model after the workers stopped
+  _close()                                     optional, async: release the model (and its LM backends) after the
+                                               workers stopped
 
 and class attributes: `family`, `sample_rate`, `default_voice`, `params_type` (a SpeechParams dataclass), `can_clone`,
 `join` (a `fast_tts.audio.JoinRule`: how segments join and become int16), `lm_ahead` and `waits_on_lm`. Each family
@@ -250,8 +251,8 @@ class AsyncEngine(ABC):
         """Build a one-off Voice from reference audio (blocking); only families with `can_clone`."""
         raise self._cannot_clone()
 
-    def _close(self) -> None:
-        """Release model resources after the workers have stopped."""
+    async def _close(self) -> None:
+        """Release model resources (and backends) after the workers have stopped."""
 
     # ----- validation and voices ----------------------------------------------------------------------------------
 
@@ -548,7 +549,7 @@ class AsyncEngine(ABC):
         for ctx in list(self._contexts):
             await ctx.close()
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
-        self._close()
+        await self._close()
 
     async def __aenter__(self) -> AsyncEngine:
         return self

@@ -239,7 +239,5 @@ class AsyncChatTTSEngine(AsyncEngine):
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "backend": self.runtime.code_gen.stats()}
 
-    async def shutdown(self) -> None:
-        if not self._closed:
-            await super().shutdown()
-            await self.runtime.shutdown()
+    async def _close(self) -> None:
+        await self.runtime.shutdown()

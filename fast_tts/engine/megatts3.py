@@ -260,8 +260,6 @@ class AsyncMega3Engine(AsyncEngine):
         """clone_voice_async's audio as int16 chunks as they are made."""
         return self._clone_stream(text, reference_audio, reference_text, self._values(locals()))
 
-    async def shutdown(self) -> None:
-        """Stop the engine's workers, then the G2P backend."""
-        if not self._closed:
-            await super().shutdown()
-            await self._backend.shutdown()
+    async def _close(self) -> None:
+        """Stop the G2P backend (after the engine's workers)."""
+        await self._backend.shutdown()

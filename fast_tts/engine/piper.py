@@ -141,5 +141,5 @@ class AsyncPiperEngine(PresetSpeakerEngine):
         """speak_async's audio as int16 chunks, one per sentence as it is made; closing the iterator cancels."""
         return self._speak_stream(text, name, given(locals()), progress)
 
-    def _close(self) -> None:
+    async def _close(self) -> None:
         self._runners.clear()

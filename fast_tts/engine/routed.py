@@ -248,8 +248,7 @@ class AsyncRoutedEngine(PresetSpeakerEngine):
         """speak_async's audio as int16 chunks, as each voice makes them (per sentence or clause)."""
         return self._speak_stream(text, name, given(locals()), progress)
 
-    async def shutdown(self) -> None:
-        """Stop this engine's workers, then release every member engine that was built."""
-        await super().shutdown()
+    async def _close(self) -> None:
+        """Release every member engine that was built (after this engine's workers stopped)."""
         for engine in list(self._engines.values()):
             await engine.shutdown()
