@@ -8,7 +8,8 @@ worker, and little else:
 
   _builtin_voices() / _builtin_voice(name)     the voices the model ships with
   _synthesize(job) -> Iterator[float32 chunks]  one segment's audio (`SegmentJob`: segment, voice, params, tokens)
-  _prepare(text, voice, params, ctx)           optional: text -> segment texts (default: normalize + split)
+  _prepare(text, voice, params, ctx)           optional: text -> segment texts, or Segments with family data
+                                               (default: normalize + split)
   _lm_call(segment, voice, params, ctx)        optional: the LM generation a segment needs (started ahead for it)
   _make_speaker / _speaker_voice / _clone_voice optional: custom and cloned voices (stored by SpeakerStore;
                                              PresetSpeakerEngine makes them presets over a built-in voice)
@@ -62,21 +63,14 @@ class Voice(Generic[D]):
 
 
 @dataclass(frozen=True)
-class SegmentText:
-    """What `_prepare` returns for a segment when the family needs more than the text: family data rides along."""
-
-    text: str
-    data: Any = None
-
-
-@dataclass(frozen=True)
 class Segment:
-    """One piece of a request's text, as the family's `_prepare` made it; `index` of `count`."""
+    """One piece of a request's text, as the family's `_prepare` made it; `index` of `count` (the pipeline numbers
+    them). A `_prepare` that needs more than the text returns Segments with its `data` riding along."""
 
     text: str
-    index: int
-    count: int
-    data: Any = None  # the SegmentText's data, when `_prepare` gave one
+    index: int = 0
+    count: int = 1
+    data: Any = None
 
 
 @dataclass(frozen=True)
@@ -223,7 +217,7 @@ class AsyncEngine(ABC):
         """float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread)."""
 
     def _prepare(self, text: str, voice: Voice[Any], params: SpeechParams,
-                 ctx: RequestContext) -> list[str] | list[SegmentText]:
+                 ctx: RequestContext) -> list[str] | list[Segment]:
         """Validated text -> segment texts (blocking, on a worker): normalize (wetext) and split (reference-004
         threshold and window)."""
         from fast_tts.text import normalize, split_text
@@ -354,12 +348,11 @@ class AsyncEngine(ABC):
         """The one streaming path (blocking generator, stepped on the workers one piece at a time): segments from
         `_prepare` (inside the first step, so a new request's first piece is one job), each segment's LM generation
         started `lm_ahead` segments early, its chunks joined at the seams, int16 out, progress."""
-        prepared = [p if isinstance(p, SegmentText) else SegmentText(p)
-                    for p in self._prepare(text, voice, params, ctx)]
+        prepared = [p if isinstance(p, Segment) else Segment(p) for p in self._prepare(text, voice, params, ctx)]
         prepared = [p for p in prepared if p.text.strip()]
         if not prepared:
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
-        segments = [Segment(p.text, i, len(prepared), p.data) for i, p in enumerate(prepared)]
+        segments = [dataclasses.replace(p, index=i, count=len(prepared)) for i, p in enumerate(prepared)]
         joiner = self.join.joiner(self.sample_rate)
         feeds: dict[int, TokenFeed | None] = {}
         produced = 0
