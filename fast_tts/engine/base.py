@@ -377,14 +377,20 @@ class AsyncEngine(ABC):
         if produced == 0:
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
 
-    async def _stream(self, text: Any, voice: Voice[Any] | str | None, values: Mapping[str, Any],
-                      progress: ProgressFn | None, streamed: bool) -> AsyncIterator[np.ndarray]:
-        """Validate, wait for a slot, then stream the pipeline's audio; always frees the slot and cancels the
-        request's LM generations on exit."""
+    async def _stream(self, text: Any, name: str | None, values: Mapping[str, Any], progress: ProgressFn | None,
+                      streamed: bool, reference: tuple[Any, str | None] | None = None) -> AsyncIterator[np.ndarray]:
+        """Validate, resolve the voice (`name`, or with `reference` (audio, transcript) a clone of that recording),
+        wait for a slot, then stream the pipeline's audio; always frees the slot and cancels the request's LM
+        generations on exit."""
         self._check_open()
+        if reference is not None and not self.can_clone:
+            raise self._cannot_clone()
         text = self._check_text(text)
-        if not isinstance(voice, Voice):
-            voice = await self._voice(voice)
+        if reference is None:
+            voice = await self._voice(name)
+        else:
+            voice = await self._run(self._clone_voice, *reference)
+            self._check_open()
         params = self._params(voice, values)
         slots = self._semaphore()
         self._waiting += 1
@@ -456,23 +462,13 @@ class AsyncEngine(ABC):
     async def _clone(self, text: str, reference_audio: Any, reference_text: str | None,
                      values: Mapping[str, Any]) -> np.ndarray:
         """Speak `text` in the voice of `reference_audio`."""
-        stream = self._clone_stream(text, reference_audio, reference_text, values, streamed=False)
+        stream = self._stream(text, None, values, None, False, (reference_audio, reference_text))
         return np.concatenate([chunk async for chunk in stream])
 
-    async def _clone_stream(self, text: str, reference_audio: Any, reference_text: str | None,
-                            values: Mapping[str, Any], streamed: bool = True) -> AsyncIterator[np.ndarray]:
+    def _clone_stream(self, text: str, reference_audio: Any, reference_text: str | None,
+                      values: Mapping[str, Any]) -> AsyncIterator[np.ndarray]:
         """Streaming form of `_clone`."""
-        self._check_open()
-        if not self.can_clone:
-            raise self._cannot_clone()
-        self._check_text(text)
-        voice = await self._run(self._clone_voice, reference_audio, reference_text)
-        stream = self._stream(text, voice, values, None, streamed)
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()
+        return self._stream(text, None, values, None, True, (reference_audio, reference_text))
 
     # ----- public API shared by every family ---------------------------------------------------------------------
 
