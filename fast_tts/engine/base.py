@@ -112,17 +112,9 @@ class AsyncEngine(ABC):
     lm_ahead: int = 0  # segments after the current one whose LM generations run ahead of it
     waits_on_lm: ClassVar[bool] = False  # segments wait on LM generations: a worker per request, not per core
 
-    def __init__(
-        self,
-        *,
-        max_concurrency: int = 4,
-        workers: int | None = None,
-        max_text_chars: int = 20_000,
-        length_threshold: int = 50,
-        window_size: int = 50,
-        deterministic: bool = False,
-        speakers_dir: str | Path | None = None,
-    ) -> None:
+    def __init__(self, *, max_concurrency: int = 4, workers: int | None = None, max_text_chars: int = 20_000,
+                 length_threshold: int = 50, window_size: int = 50, deterministic: bool = False,
+                 speakers_dir: str | Path | None = None) -> None:
         if max_concurrency < 1:
             raise InvalidInputError("max_concurrency must be at least 1", field="max_concurrency")
         self.capacity = max_concurrency
@@ -177,9 +169,8 @@ class AsyncEngine(ABC):
         """The LM generation `segment` needs (its `SegmentJob.tokens`), or None; started `lm_ahead` segments early."""
         return None
 
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
+                      options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Build the arrays and meta that define a new speaker (blocking); families that cannot clone say so."""
         raise UnsupportedOperationError(f"the {self.family} engine cannot create speakers")
 
@@ -204,9 +195,8 @@ class AsyncEngine(ABC):
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("input text is empty", field="input")
         if len(text) > self.max_text_chars:
-            raise InvalidInputError(
-                f"input text has {len(text)} characters; the limit is {self.max_text_chars}", field="input"
-            )
+            raise InvalidInputError(f"input text has {len(text)} characters; the limit is {self.max_text_chars}",
+                                    field="input")
         return text
 
     def _params(self, voice: Voice[Any], values: Mapping[str, Any]) -> SpeechParams:
@@ -220,15 +210,13 @@ class AsyncEngine(ABC):
             name = self.default_voice
         if not isinstance(name, str):
             raise InvalidInputError("voice name must be a string", field="voice")
-        cached = self._cached_speaker(name)
-        if cached is not None:
+        if (cached := self._cached_speaker(name)) is not None:
             return cached
         if name in self._builtin_voices():
             return self._builtin_voice(name)
         if self.store is not None:
             async with self._speaker_lock():  # not interleaved with an add or delete of the same speaker
-                cached = self._cached_speaker(name)
-                if cached is not None:
+                if (cached := self._cached_speaker(name)) is not None:
                     return cached
                 try:
                     validate_name(name)
@@ -295,9 +283,7 @@ class AsyncEngine(ABC):
         `_prepare` (inside the first step, so a new request's first piece is one job), each segment's LM generation
         started `lm_ahead` segments early, its chunks joined at the seams, int16 out, progress."""
         prepared = [p if isinstance(p, Segment) else Segment(p) for p in self._prepare(text, voice, params, ctx)]
-        prepared = [p for p in prepared if p.text.strip()]
-        if not prepared:
-            raise InvalidInputError("input text has nothing that can be spoken", field="input")
+        prepared = [p for p in prepared if p.text.strip()]  # nothing left: "nothing that can be spoken" below
         segments = [dataclasses.replace(p, index=i, count=len(prepared)) for i, p in enumerate(prepared)]
         joiner = self.join.joiner(self.sample_rate)
         feeds: dict[int, TokenFeed | None] = {}
@@ -348,10 +334,9 @@ class AsyncEngine(ABC):
         ctx = RequestContext(asyncio.get_running_loop())
         self._contexts.add(ctx)
         outcome = Outcome.CANCELLED
-        steps: Iterator[_Piece] | None = None
+        steps = self._pipeline(text, voice, params, ctx, streamed)  # a generator: nothing runs until stepped
         step: Future[Any] | None = None
         try:
-            steps = self._pipeline(text, voice, params, ctx, streamed)
             made = 0
             step = self._submit(next, steps, None, priority=made)
             while (piece := await asyncio.wrap_future(step)) is not None:
@@ -368,26 +353,23 @@ class AsyncEngine(ABC):
         finally:
             self._contexts.discard(ctx)
             await ctx.close()  # a worker waiting on an LM feed wakes up and stops
-            if steps is not None:
+            if step is not None:  # else the pipeline never started
                 self._close_steps(steps, step)
             self._active -= 1
             self._counts[outcome] += 1
             slots.release()
 
-    def _close_steps(self, steps: Iterator[_Piece], step: Future[Any] | None) -> None:
-        """Close the pipeline generator on a worker once its step in flight (if any) is over, so the family's
-        clean-up code runs there and never while a step is half-way."""
-        def close(done: Future[Any] | None = None) -> None:
-            if done is not None and not done.cancelled():
+    def _close_steps(self, steps: Iterator[_Piece], step: Future[Any]) -> None:
+        """Close the pipeline generator on a worker once its last step is over, so the family's clean-up code runs
+        there and never while a step is half-way."""
+        def close(done: Future[Any]) -> None:
+            if not done.cancelled():
                 done.exception()  # a look-ahead step that failed after the consumer left: seen, not raised
             with contextlib.suppress(RuntimeError):  # shut down: the generator goes with the engine
                 self._pool.submit(-1, steps.close)  # type: ignore[attr-defined]
 
-        if step is None:
-            close()
-        else:
-            step.cancel()  # a step still queued never runs
-            step.add_done_callback(close)
+        step.cancel()  # a step still queued never runs
+        step.add_done_callback(close)
 
     async def _speak(self, text: str, name: str | None, values: Mapping[str, Any],
                      progress: ProgressFn | None) -> np.ndarray:
@@ -428,9 +410,8 @@ class AsyncEngine(ABC):
         """Streaming form of clone_voice_async."""
         return self._clone_stream(text, reference_audio, reference_text, params)
 
-    async def add_speaker(
-        self, name: str, audio: Any = None, reference_text: str | None = None, **options: Any
-    ) -> None:
+    async def add_speaker(self, name: str, audio: Any = None, reference_text: str | None = None,
+                          **options: Any) -> None:
         """Create (or replace) custom speaker `name`; persisted in the speaker store when the engine has one."""
         self._check_open()
         validate_name(name)
@@ -493,14 +474,12 @@ class AsyncEngine(ABC):
         await self.shutdown()
 
 
-
 class PresetSpeakerEngine(AsyncEngine):
     """An engine that cannot clone from audio: its custom speaker is a preset, a built-in voice (`voice`, default
     the engine's default voice) plus request parameters such as `speed`, validated when it is made."""
 
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
+                      options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if audio is not None:
             raise UnsupportedOperationError(
                 f"the {self.family} voices cannot be cloned from audio; a speaker here is a preset, "
