@@ -79,22 +79,10 @@ class AsyncChatTTSEngine(AsyncEngine):
     join = JoinRule(0.05, "hanning")
     waits_on_lm = True
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        device: str | None = None,
-        dtype: str = "auto",
-        backend: str = "torch",
-        max_batch: int = 8,
-        max_concurrency: int = 8,
-        segments_in_flight: int = 4,
-        spk_stat: str | None = None,
-        residual_scale_base: str = "levels_minus_1",
-        compile: bool = False,
-        backend_options: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, model_path: str | Path, *, device: str | None = None, dtype: str = "auto",
+                 backend: str = "torch", max_batch: int = 8, max_concurrency: int = 8, segments_in_flight: int = 4,
+                 spk_stat: str | None = None, residual_scale_base: str = "levels_minus_1", compile: bool = False,
+                 backend_options: dict[str, Any] | None = None, **kw: Any) -> None:
         if model_path is None:
             raise ModelLoadError("AsyncChatTTSEngine needs model_path: a folder with the ChatTTS asset/ layout")
         self.lm_ahead = max(0, segments_in_flight - 1)
@@ -122,16 +110,12 @@ class AsyncChatTTSEngine(AsyncEngine):
             raise UnknownVoiceError(name, self._builtin_voices())
         return self._default
 
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
+                      options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """A speaker from reference audio (cloned), a speaker string (`spk_emb=`), or a seed (`seed=`)."""
-        unknown = set(options) - {"spk_emb", "seed"}
-        if unknown:
-            raise InvalidInputError(f"unknown speaker option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-        meta: dict[str, Any] = {}
-        if audio is not None:
-            meta.update(dataclasses.asdict(self._clone_data(audio, reference_text)))
+        if unknown := sorted(set(options) - {"spk_emb", "seed"}):
+            raise InvalidInputError(f"unknown speaker option {unknown[0]!r}", field=unknown[0])
+        meta = dataclasses.asdict(self._clone_data(audio, reference_text)) if audio is not None else {}
         if options.get("spk_emb") is not None:
             decode_speaker(options["spk_emb"], self.runtime.hidden_size)  # validates
             meta["spk_emb"] = options["spk_emb"]
@@ -219,8 +203,7 @@ class AsyncChatTTSEngine(AsyncEngine):
                                 use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                 seed: int | None = None, deterministic: bool | None = None,
                                 length_threshold: int | None = None, window_size: int | None = None,
-                                normalize: bool = True,
-                                **unknown: Any) -> np.ndarray:
+                                normalize: bool = True, **unknown: Any) -> np.ndarray:
         """Speak `text` in the voice of `reference_audio` (a 24 kHz-resampled recording of 0.5 to 30 s, path or
         bytes; its DVAE codes prompt the GPT), with `reference_text` its transcript; parameters as speak_async."""
         return await self._clone(text, reference_audio, reference_text, given(locals()))
@@ -231,8 +214,7 @@ class AsyncChatTTSEngine(AsyncEngine):
                                  use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                  seed: int | None = None, deterministic: bool | None = None,
                                  length_threshold: int | None = None, window_size: int | None = None,
-                                 normalize: bool = True,
-                                 **unknown: Any) -> AsyncIterator[np.ndarray]:
+                                 normalize: bool = True, **unknown: Any) -> AsyncIterator[np.ndarray]:
         """clone_voice_async's audio as int16 chunks as they are made."""
         return self._clone_stream(text, reference_audio, reference_text, given(locals()))
 
