@@ -1,4 +1,5 @@
-"""ChatTTS as stages over LM backends: prompts, code generation and refinement on backends, batched decoding.
+"""ChatTTS as stages over LM backends: code generation and refinement on backends (prompts from
+`fast_tts.models.chattts.prompt`), batched decoding.
 
 Shared by `AsyncChatTTSEngine` and the `Chat` facade, so both batch across requests: code generation and refinement
 run on two backends over the same decoder weights (each with a KV cache of its own), and decodes from concurrent
@@ -183,4 +184,3 @@ class ChatTTSRuntime:
         await self.code_gen.shutdown()
         await self.text_gen.shutdown()
         await asyncio.get_running_loop().run_in_executor(None, self.decoder.close)
-
