@@ -407,7 +407,7 @@ class Chat:
         return [np.concatenate(stripped)] if split_text else stripped
 
     async def _refine(self, runtime: Any, texts: list[str], p: Chat.RefineTextParams, rng: Any) -> list[str]:
-        from fast_tts.engine.chattts_runtime import code_sampling
+        from fast_tts.models.chattts.prompt import code_sampling
         from fast_tts.models.chattts.reference_rng import batch_noise
 
         sampling = code_sampling(
@@ -423,7 +423,7 @@ class Chat:
 
     def _requests(self, texts: list[str], p: Chat.InferCodeParams, use_decoder: bool, rng: Any) -> list[Any]:
         """Code requests for one reference batch, each with its row's noise (`.sampling.noise`)."""
-        from fast_tts.engine.chattts_runtime import CodeRequest, code_sampling
+        from fast_tts.models.chattts.prompt import ChatTTSVoice, CodeRequest, code_sampling
         from fast_tts.models.chattts.reference_rng import batch_noise
 
         embed = self.runtime.models.config.embed
@@ -432,10 +432,8 @@ class Chat:
             self.runtime.eos_code, p.manual_seed, p.ensure_non_empty, use_decoder,
         )
         noise = batch_noise(rng, p.manual_seed, len(texts), embed.num_vq, embed.num_audio_tokens)
-        return [
-            CodeRequest(t, dataclasses.replace(sampling, noise=n), p.spk_emb, p.spk_smp, p.txt_smp, p.prompt)
-            for t, n in zip(texts, noise)
-        ]
+        voice = ChatTTSVoice(p.spk_emb, p.spk_smp, p.txt_smp)
+        return [CodeRequest(t, dataclasses.replace(sampling, noise=n), voice, p.prompt) for t, n in zip(texts, noise)]
 
     async def _synthesize_groups(
         self, runtime: Any, groups: list[list[str]], p: Chat.InferCodeParams, use_decoder: bool, rng: Any

@@ -174,8 +174,8 @@ else:
         return root
 
     async def test_chattts_gpt_runs_on_embeddings_in_and_hidden_states_out(chattts) -> None:
-        from fast_tts.engine.chattts_runtime import code_sampling
         from fast_tts.models.chattts.loader import load_chattts
+        from fast_tts.models.chattts.prompt import code_sampling
 
         models = load_chattts(chattts)
         prompt = torch.randn(9, models.config.gpt.hidden_size, generator=torch.Generator().manual_seed(0))

@@ -27,6 +27,7 @@ from fast_tts.models.chattts.speaker import (
     parse_spk_stat,
     randn_float16,
     sample_random_speaker,
+    seeded_speaker,
 )
 
 # Sizes unlike the parity fixture's, to show that everything is inferred from the files.
@@ -193,6 +194,16 @@ def test_speaker_strings_round_trip_and_reject_garbage() -> None:
     with pytest.raises(InvalidInputError) as err:
         decode_prompt("garbage")
     assert err.value.field == "spk_smp"
+
+
+def test_a_seeded_speaker_is_the_draw_after_that_seed_and_leaves_the_global_rng_alone() -> None:
+    std, mean = torch.ones(32, dtype=torch.float16), torch.zeros(32, dtype=torch.float16)
+    torch.manual_seed(5)
+    want = sample_random_speaker(std, mean)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    assert seeded_speaker(std, mean, 5) == want
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_randn_float16_is_a_standard_normal_stream() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fast_tts.engine.base import _WorkerPool
 from fast_tts.engine.piper import AsyncPiperEngine
+from fast_tts.engine.workers import WorkerPool
 from fast_tts.errors import (
     EngineClosedError,
     InvalidInputError,
@@ -256,7 +256,7 @@ async def test_shutdown_refuses_every_call() -> None:
 
 
 def test_worker_pool_runs_most_urgent_first_and_survives_errors() -> None:
-    pool = _WorkerPool(1, "test")
+    pool = WorkerPool(1, "test")
     gate = threading.Event()
     order: list[int] = []
     blocker = pool.submit(0, gate.wait)

@@ -11,7 +11,7 @@ import pytest
 from fast_tts.engine.auto import ENGINES, AutoEngine, bundled_languages, detect_family
 from fast_tts.engine.piper import AsyncPiperEngine, PiperVoice
 from fast_tts.errors import ModelLoadError, UnknownVoiceError
-from fast_tts.models.piper import bundled_voice_paths
+from fast_tts.models.piper import bundled_voice_paths, voice_files
 
 
 def _voice(folder: Path, stem: str, **config_changes: object) -> Path:
@@ -53,6 +53,18 @@ def test_unknown_layouts_say_what_was_looked_for(tmp_path: Path) -> None:
     lonely.write_bytes(b"")
     with pytest.raises(ModelLoadError):
         AutoEngine(lonely)  # no .onnx.json beside it
+
+
+def test_voice_files_read_what_the_configs_say_without_loading_a_model(tmp_path: Path) -> None:
+    _voice(tmp_path / "v", "b-voice", dataset="bee", speaker_id_map={"ann": 0, "bob": 1})
+    _voice(tmp_path / "v", "a-voice", language={"family": "de"})
+    files = voice_files(tmp_path / "v")
+    assert [f.key for f in files] == ["a-voice", "b-voice"]
+    assert (files[0].language, files[1].alias, files[1].speakers) == ("de", "bee", {"ann": 0, "bob": 1})
+    assert files[0].sample_rate == 22050 and files[0].config == Path(f"{files[0].model}.json")
+    (tmp_path / "v" / "a-voice.onnx.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="not a Piper voice config"):
+        voice_files(tmp_path / "v")
 
 
 async def test_auto_engine_default_is_the_bundled_voice() -> None:

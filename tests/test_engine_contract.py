@@ -77,6 +77,20 @@ def test_parameters_resolve_defaults_presets_and_values_and_name_bad_fields() ->
     assert method(None, "hi", speed=2.0, pace=1) == {"speed": 2.0, "pace": 1}
 
 
+def test_engine_defaults_fill_what_a_request_left_open() -> None:
+    from fast_tts.engine.chattts import ChatTTSParams
+
+    open_ = SpeechParams().completed(50, 40, False)
+    assert (open_.length_threshold, open_.window_size, open_.deterministic) == (50, 40, False)
+    assert SpeechParams(length_threshold=9).completed(50, 40, False).length_threshold == 9
+    assert SpeechParams().completed(50, 40, True).deterministic is True  # the engine's default
+    assert SpeechParams(seed=3).completed(50, 40, False).deterministic is True  # a seed implies it
+    assert SpeechParams(seed=3, deterministic=False).completed(50, 40, True).deterministic is False  # asked for
+    assert ChatTTSParams().completed(50, 40, True).seed == 0  # ChatTTS: deterministic without a seed samples seed 0
+    assert ChatTTSParams(seed=7).completed(50, 40, False).seed == 7
+    assert ChatTTSParams().completed(50, 40, False).seed is None
+
+
 class _Backend:
     """A backend whose generations emit `steps` records (stopping after `stop_after`), or wait for cancellation."""
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from megatts3_fixtures import tensors
 
-from fast_tts.errors import ModelLoadError
+from fast_tts.errors import InvalidInputError, ModelLoadError
 from fast_tts.models.megatts3 import frontend
 from fast_tts.models.megatts3.phones import (
     fix_total,
@@ -116,3 +116,22 @@ def test_loader_names_missing_parts(tmp_path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="cannot load"):
         read_state(bad, "dit")
+
+
+def test_a_reference_is_a_wav_or_a_wav_with_its_latent(tmp_path) -> None:
+    from fast_tts.audio import write_audio
+
+    wav_path = tmp_path / "ref.wav"
+    write_audio((np.sin(np.arange(24000) / 10) * 8000).astype(np.int16), wav_path, 24000)
+    latent = np.zeros((1, 25, 32), dtype=np.float64)
+    np.save(tmp_path / "ref.npy", latent)
+    wav, none = frontend.read_reference(str(wav_path))
+    assert wav.dtype == np.float32 and wav.shape == (24000,) and none is None
+    for source in (str(tmp_path / "ref.npy"), (tmp_path / "ref.npy").read_bytes(), latent):
+        wav2, lat = frontend.read_reference((wav_path.read_bytes(), source))
+        assert np.array_equal(wav2, wav) and lat.dtype == np.float32 and lat.shape == (1, 25, 32)
+    with pytest.raises(InvalidInputError) as err:
+        frontend.read_reference((str(wav_path),))
+    assert err.value.field == "reference_audio"
+    with pytest.raises(InvalidInputError, match="latent"):
+        frontend.read_reference((str(wav_path), b"not an npy file"))

@@ -8,11 +8,13 @@ worker, and little else:
 
   _builtin_voices() / _builtin_voice(name)     the voices the model ships with
   _synthesize(job) -> Iterator[float32 chunks]  one segment's audio (`SegmentJob`: segment, voice, params, tokens)
-  _prepare(text, voice, params, ctx)           optional: text -> segment texts (default: normalize + split)
+  _prepare(text, voice, params, ctx)           optional: text -> segment texts, or Segments with family data
+                                               (default: normalize + split)
   _lm_call(segment, voice, params, ctx)        optional: the LM generation a segment needs (started ahead for it)
   _make_speaker / _speaker_voice / _clone_voice optional: custom and cloned voices (stored by SpeakerStore;
                                              PresetSpeakerEngine makes them presets over a built-in voice)
-  _close()                                     optional: release the model after the workers stopped
+  _close()                                     optional, async: release the model (and its LM backends) after the
+                                               workers stopped
 
 and class attributes: `family`, `sample_rate`, `default_voice`, `params_type` (a SpeechParams dataclass), `can_clone`,
 `join` (a `fast_tts.audio.JoinRule`: how segments join and become int16), `lm_ahead` and `waits_on_lm`. Each family
@@ -27,10 +29,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
-import itertools
 import os
-import queue
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -43,6 +42,7 @@ import numpy as np
 from fast_tts.audio import JoinRule
 from fast_tts.engine.lm import LMCall, RequestContext, TokenFeed
 from fast_tts.engine.params import SpeechParams, resolve
+from fast_tts.engine.workers import WorkerPool
 from fast_tts.errors import EngineClosedError, InvalidInputError, UnknownVoiceError, UnsupportedOperationError
 from fast_tts.speakers import SpeakerStore, validate_name
 
@@ -61,21 +61,14 @@ class Voice(Generic[D]):
 
 
 @dataclass(frozen=True)
-class SegmentText:
-    """What `_prepare` returns for a segment when the family needs more than the text: family data rides along."""
-
-    text: str
-    data: Any = None
-
-
-@dataclass(frozen=True)
 class Segment:
-    """One piece of a request's text, as the family's `_prepare` made it; `index` of `count`."""
+    """One piece of a request's text, as the family's `_prepare` made it; `index` of `count` (the pipeline numbers
+    them). A `_prepare` that needs more than the text returns Segments with its `data` riding along."""
 
     text: str
-    index: int
-    count: int
-    data: Any = None  # the SegmentText's data, when `_prepare` gave one
+    index: int = 0
+    count: int = 1
+    data: Any = None
 
 
 @dataclass(frozen=True)
@@ -107,58 +100,6 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
 
 
-class _WorkerPool:
-    """Worker threads that take the most urgent job first (lowest priority value, then first come).
-
-    The engine gives a request's step the number of chunks that request has already produced as its priority, so
-    a newly admitted request's first chunk overtakes the look-ahead steps of requests that are already playing.
-    """
-
-    def __init__(self, workers: int, name: str) -> None:
-        self._jobs: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        self._start = threading.Lock()
-        self._started = False
-
-    def submit(self, priority: float, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Queue `fn(*args)` (threads start on first use); RuntimeError once the pool is shut down."""
-        with self._start:
-            if self._closed:
-                raise RuntimeError("worker pool is shut down")
-            if not self._started:
-                self._started = True
-                for thread in self._threads:
-                    thread.start()
-            future: Future[Any] = Future()
-            self._jobs.put((priority, next(self._order), (future, fn, args)))  # under the lock: before any stop mark
-        return future
-
-    def _work(self) -> None:
-        while True:
-            _, _, job = self._jobs.get()
-            if job is None:
-                return
-            future, fn, args = job
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued: skip it
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the threads."""
-        with self._start:
-            self._closed = True
-            started = self._threads if self._started else []
-            for _ in started:
-                self._jobs.put((float("inf"), next(self._order), None))
-        for thread in started:
-            thread.join()
-
-
 class AsyncEngine(ABC):
     """Async text-to-speech engine; subclasses implement the `_hook` methods for one model family."""
 
@@ -171,17 +112,9 @@ class AsyncEngine(ABC):
     lm_ahead: int = 0  # segments after the current one whose LM generations run ahead of it
     waits_on_lm: ClassVar[bool] = False  # segments wait on LM generations: a worker per request, not per core
 
-    def __init__(
-        self,
-        *,
-        max_concurrency: int = 4,
-        workers: int | None = None,
-        max_text_chars: int = 20_000,
-        length_threshold: int = 50,
-        window_size: int = 50,
-        deterministic: bool = False,
-        speakers_dir: str | Path | None = None,
-    ) -> None:
+    def __init__(self, *, max_concurrency: int = 4, workers: int | None = None, max_text_chars: int = 20_000,
+                 length_threshold: int = 50, window_size: int = 50, deterministic: bool = False,
+                 speakers_dir: str | Path | None = None) -> None:
         if max_concurrency < 1:
             raise InvalidInputError("max_concurrency must be at least 1", field="max_concurrency")
         self.capacity = max_concurrency
@@ -195,7 +128,7 @@ class AsyncEngine(ABC):
         # up another's ready audio.
         cores = min(max_concurrency, os.cpu_count() or 1)
         self.workers = workers or (max_concurrency if self.waits_on_lm else cores)
-        self._pool = _WorkerPool(self.workers, f"tts-{self.family}")
+        self._pool = WorkerPool(self.workers, f"tts-{self.family}")
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._waiting = 0
         self._active = 0
@@ -222,7 +155,7 @@ class AsyncEngine(ABC):
         """float32 audio chunks at `sample_rate` for one segment (blocking; runs on a worker thread)."""
 
     def _prepare(self, text: str, voice: Voice[Any], params: SpeechParams,
-                 ctx: RequestContext) -> list[str] | list[SegmentText]:
+                 ctx: RequestContext) -> list[str] | list[Segment]:
         """Validated text -> segment texts (blocking, on a worker): normalize (wetext) and split (reference-004
         threshold and window)."""
         from fast_tts.text import normalize, split_text
@@ -236,9 +169,8 @@ class AsyncEngine(ABC):
         """The LM generation `segment` needs (its `SegmentJob.tokens`), or None; started `lm_ahead` segments early."""
         return None
 
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
+                      options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Build the arrays and meta that define a new speaker (blocking); families that cannot clone say so."""
         raise UnsupportedOperationError(f"the {self.family} engine cannot create speakers")
 
@@ -250,8 +182,8 @@ class AsyncEngine(ABC):
         """Build a one-off Voice from reference audio (blocking); only families with `can_clone`."""
         raise self._cannot_clone()
 
-    def _close(self) -> None:
-        """Release model resources after the workers have stopped."""
+    async def _close(self) -> None:
+        """Release model resources (and backends) after the workers have stopped."""
 
     # ----- validation and voices ----------------------------------------------------------------------------------
 
@@ -263,24 +195,14 @@ class AsyncEngine(ABC):
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("input text is empty", field="input")
         if len(text) > self.max_text_chars:
-            raise InvalidInputError(
-                f"input text has {len(text)} characters; the limit is {self.max_text_chars}", field="input"
-            )
+            raise InvalidInputError(f"input text has {len(text)} characters; the limit is {self.max_text_chars}",
+                                    field="input")
         return text
 
     def _params(self, voice: Voice[Any], values: Mapping[str, Any]) -> SpeechParams:
         """Family defaults < voice presets < request values, validated; engine defaults fill what is left open."""
         params = resolve(self.params_type, voice.presets, values, self.family)
-        deterministic = params.deterministic
-        if deterministic is None:
-            deterministic = self.deterministic or params.seed is not None
-        return self._finish_params(dataclasses.replace(
-            params, length_threshold=params.length_threshold or self.length_threshold,
-            window_size=params.window_size or self.window_size, deterministic=deterministic))
-
-    def _finish_params(self, params: SpeechParams) -> SpeechParams:
-        """A family's last word on resolved parameters (e.g. a seed implied by `deterministic`)."""
-        return params
+        return params.completed(self.length_threshold, self.window_size, self.deterministic)
 
     async def _voice(self, name: str | None) -> Voice[Any]:
         """Resolve `name` (default voice when None) among built-in voices and stored speakers."""
@@ -288,15 +210,13 @@ class AsyncEngine(ABC):
             name = self.default_voice
         if not isinstance(name, str):
             raise InvalidInputError("voice name must be a string", field="voice")
-        cached = self._cached_speaker(name)
-        if cached is not None:
+        if (cached := self._cached_speaker(name)) is not None:
             return cached
         if name in self._builtin_voices():
             return self._builtin_voice(name)
         if self.store is not None:
             async with self._speaker_lock():  # not interleaved with an add or delete of the same speaker
-                cached = self._cached_speaker(name)
-                if cached is not None:
+                if (cached := self._cached_speaker(name)) is not None:
                     return cached
                 try:
                     validate_name(name)
@@ -362,12 +282,9 @@ class AsyncEngine(ABC):
         """The one streaming path (blocking generator, stepped on the workers one piece at a time): segments from
         `_prepare` (inside the first step, so a new request's first piece is one job), each segment's LM generation
         started `lm_ahead` segments early, its chunks joined at the seams, int16 out, progress."""
-        prepared = [p if isinstance(p, SegmentText) else SegmentText(p)
-                    for p in self._prepare(text, voice, params, ctx)]
-        prepared = [p for p in prepared if p.text.strip()]
-        if not prepared:
-            raise InvalidInputError("input text has nothing that can be spoken", field="input")
-        segments = [Segment(p.text, i, len(prepared), p.data) for i, p in enumerate(prepared)]
+        prepared = [p if isinstance(p, Segment) else Segment(p) for p in self._prepare(text, voice, params, ctx)]
+        prepared = [p for p in prepared if p.text.strip()]  # nothing left: "nothing that can be spoken" below
+        segments = [dataclasses.replace(p, index=i, count=len(prepared)) for i, p in enumerate(prepared)]
         joiner = self.join.joiner(self.sample_rate)
         feeds: dict[int, TokenFeed | None] = {}
         produced = 0
@@ -392,14 +309,20 @@ class AsyncEngine(ABC):
         if produced == 0:
             raise InvalidInputError("input text has nothing that can be spoken", field="input")
 
-    async def _stream(self, text: Any, voice: Voice[Any] | str | None, values: Mapping[str, Any],
-                      progress: ProgressFn | None, streamed: bool) -> AsyncIterator[np.ndarray]:
-        """Validate, wait for a slot, then stream the pipeline's audio; always frees the slot and cancels the
-        request's LM generations on exit."""
+    async def _stream(self, text: Any, name: str | None, values: Mapping[str, Any], progress: ProgressFn | None,
+                      streamed: bool, reference: tuple[Any, str | None] | None = None) -> AsyncIterator[np.ndarray]:
+        """Validate, resolve the voice (`name`, or with `reference` (audio, transcript) a clone of that recording),
+        wait for a slot, then stream the pipeline's audio; always frees the slot and cancels the request's LM
+        generations on exit."""
         self._check_open()
+        if reference is not None and not self.can_clone:
+            raise self._cannot_clone()
         text = self._check_text(text)
-        if not isinstance(voice, Voice):
-            voice = await self._voice(voice)
+        if reference is None:
+            voice = await self._voice(name)
+        else:
+            voice = await self._run(self._clone_voice, *reference)
+            self._check_open()
         params = self._params(voice, values)
         slots = self._semaphore()
         self._waiting += 1
@@ -411,10 +334,9 @@ class AsyncEngine(ABC):
         ctx = RequestContext(asyncio.get_running_loop())
         self._contexts.add(ctx)
         outcome = Outcome.CANCELLED
-        steps: Iterator[_Piece] | None = None
+        steps = self._pipeline(text, voice, params, ctx, streamed)  # a generator: nothing runs until stepped
         step: Future[Any] | None = None
         try:
-            steps = self._pipeline(text, voice, params, ctx, streamed)
             made = 0
             step = self._submit(next, steps, None, priority=made)
             while (piece := await asyncio.wrap_future(step)) is not None:
@@ -431,26 +353,23 @@ class AsyncEngine(ABC):
         finally:
             self._contexts.discard(ctx)
             await ctx.close()  # a worker waiting on an LM feed wakes up and stops
-            if steps is not None:
+            if step is not None:  # else the pipeline never started
                 self._close_steps(steps, step)
             self._active -= 1
             self._counts[outcome] += 1
             slots.release()
 
-    def _close_steps(self, steps: Iterator[_Piece], step: Future[Any] | None) -> None:
-        """Close the pipeline generator on a worker once its step in flight (if any) is over, so the family's
-        clean-up code runs there and never while a step is half-way."""
-        def close(done: Future[Any] | None = None) -> None:
-            if done is not None and not done.cancelled():
+    def _close_steps(self, steps: Iterator[_Piece], step: Future[Any]) -> None:
+        """Close the pipeline generator on a worker once its last step is over, so the family's clean-up code runs
+        there and never while a step is half-way."""
+        def close(done: Future[Any]) -> None:
+            if not done.cancelled():
                 done.exception()  # a look-ahead step that failed after the consumer left: seen, not raised
             with contextlib.suppress(RuntimeError):  # shut down: the generator goes with the engine
                 self._pool.submit(-1, steps.close)  # type: ignore[attr-defined]
 
-        if step is None:
-            close()
-        else:
-            step.cancel()  # a step still queued never runs
-            step.add_done_callback(close)
+        step.cancel()  # a step still queued never runs
+        step.add_done_callback(close)
 
     async def _speak(self, text: str, name: str | None, values: Mapping[str, Any],
                      progress: ProgressFn | None) -> np.ndarray:
@@ -471,23 +390,13 @@ class AsyncEngine(ABC):
     async def _clone(self, text: str, reference_audio: Any, reference_text: str | None,
                      values: Mapping[str, Any]) -> np.ndarray:
         """Speak `text` in the voice of `reference_audio`."""
-        stream = self._clone_stream(text, reference_audio, reference_text, values, streamed=False)
+        stream = self._stream(text, None, values, None, False, (reference_audio, reference_text))
         return np.concatenate([chunk async for chunk in stream])
 
-    async def _clone_stream(self, text: str, reference_audio: Any, reference_text: str | None,
-                            values: Mapping[str, Any], streamed: bool = True) -> AsyncIterator[np.ndarray]:
+    def _clone_stream(self, text: str, reference_audio: Any, reference_text: str | None,
+                      values: Mapping[str, Any]) -> AsyncIterator[np.ndarray]:
         """Streaming form of `_clone`."""
-        self._check_open()
-        if not self.can_clone:
-            raise self._cannot_clone()
-        self._check_text(text)
-        voice = await self._run(self._clone_voice, reference_audio, reference_text)
-        stream = self._stream(text, voice, values, None, streamed)
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()
+        return self._stream(text, None, values, None, True, (reference_audio, reference_text))
 
     # ----- public API shared by every family ---------------------------------------------------------------------
 
@@ -501,9 +410,8 @@ class AsyncEngine(ABC):
         """Streaming form of clone_voice_async."""
         return self._clone_stream(text, reference_audio, reference_text, params)
 
-    async def add_speaker(
-        self, name: str, audio: Any = None, reference_text: str | None = None, **options: Any
-    ) -> None:
+    async def add_speaker(self, name: str, audio: Any = None, reference_text: str | None = None,
+                          **options: Any) -> None:
         """Create (or replace) custom speaker `name`; persisted in the speaker store when the engine has one."""
         self._check_open()
         validate_name(name)
@@ -557,7 +465,7 @@ class AsyncEngine(ABC):
         for ctx in list(self._contexts):
             await ctx.close()
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
-        self._close()
+        await self._close()
 
     async def __aenter__(self) -> AsyncEngine:
         return self
@@ -566,14 +474,12 @@ class AsyncEngine(ABC):
         await self.shutdown()
 
 
-
 class PresetSpeakerEngine(AsyncEngine):
     """An engine that cannot clone from audio: its custom speaker is a preset, a built-in voice (`voice`, default
     the engine's default voice) plus request parameters such as `speed`, validated when it is made."""
 
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
+                      options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if audio is not None:
             raise UnsupportedOperationError(
                 f"the {self.family} voices cannot be cloned from audio; a speaker here is a preset, "

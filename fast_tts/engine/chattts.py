@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fast_tts.audio import JoinRule, read_audio
 from fast_tts.devices import pick_device
 from fast_tts.engine.base import AsyncEngine, ProgressFn, Segment, SegmentJob, Voice
-from fast_tts.engine.chattts_runtime import SAMPLE_RATE, ChatTTSRuntime, CodeRequest, code_sampling
+from fast_tts.engine.chattts_runtime import SAMPLE_RATE, ChatTTSRuntime
 from fast_tts.engine.lm import LMCall, RequestContext
 from fast_tts.engine.params import SpeechParams, given, is_int
 from fast_tts.errors import InvalidInputError, ModelLoadError, UnknownVoiceError
 from fast_tts.models.chattts.loader import load_chattts
 from fast_tts.models.chattts.normalizer import Normalizer
-from fast_tts.models.chattts.speaker import decode_speaker, sample_random_speaker
+from fast_tts.models.chattts.prompt import ChatTTSVoice, CodeRequest, code_sampling
+from fast_tts.models.chattts.speaker import decode_speaker, seeded_speaker
 
 DEFAULT_VOICE_SEED = 2
 
@@ -57,20 +57,15 @@ class ChatTTSParams(SpeechParams):
         code_sampling(self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.min_tokens,
                       self.max_tokens, 0, self.seed, True, True)  # raises for bad sampling values
 
+    def completed(self, length_threshold: int, window_size: int, deterministic: bool) -> ChatTTSParams:
+        """SpeechParams's; `deterministic` without a seed samples with seed 0."""
+        params = super().completed(length_threshold, window_size, deterministic)
+        return dataclasses.replace(params, seed=0) if params.deterministic and params.seed is None else params
+
     @property
     def speed_tag(self) -> str:
         """ChatTTS's speed control token for `speed` (1.0 -> [speed_5])."""
         return f"[speed_{min(9, max(0, round(5 * self.speed)))}]"
-
-
-@dataclass(frozen=True)
-class ChatTTSVoice:
-    """A ChatTTS voice: a speaker string (timbre), and/or an audio prompt (codes of a recording) with its
-    transcript; all None lets the model pick a voice per utterance."""
-
-    spk_emb: str | None = None
-    spk_smp: str | None = None
-    txt_smp: str | None = None
 
 
 class AsyncChatTTSEngine(AsyncEngine):
@@ -84,22 +79,10 @@ class AsyncChatTTSEngine(AsyncEngine):
     join = JoinRule(0.05, "hanning")
     waits_on_lm = True
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        device: str | None = None,
-        dtype: str = "auto",
-        backend: str = "torch",
-        max_batch: int = 8,
-        max_concurrency: int = 8,
-        segments_in_flight: int = 4,
-        spk_stat: str | None = None,
-        residual_scale_base: str = "levels_minus_1",
-        compile: bool = False,
-        backend_options: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, model_path: str | Path, *, device: str | None = None, dtype: str = "auto",
+                 backend: str = "torch", max_batch: int = 8, max_concurrency: int = 8, segments_in_flight: int = 4,
+                 spk_stat: str | None = None, residual_scale_base: str = "levels_minus_1", compile: bool = False,
+                 backend_options: dict[str, Any] | None = None, **kw: Any) -> None:
         if model_path is None:
             raise ModelLoadError("AsyncChatTTSEngine needs model_path: a folder with the ChatTTS asset/ layout")
         self.lm_ahead = max(0, segments_in_flight - 1)
@@ -117,9 +100,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         models = self.runtime.models
         if models.spk_std is None:  # no statistics: the model picks a voice per utterance ([empty_spk])
             return ChatTTSVoice()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(DEFAULT_VOICE_SEED)
-            return ChatTTSVoice(spk_emb=sample_random_speaker(models.spk_std, models.spk_mean))
+        return ChatTTSVoice(spk_emb=seeded_speaker(models.spk_std, models.spk_mean, DEFAULT_VOICE_SEED))
 
     def _builtin_voices(self) -> list[str]:
         return ["default"]
@@ -129,16 +110,12 @@ class AsyncChatTTSEngine(AsyncEngine):
             raise UnknownVoiceError(name, self._builtin_voices())
         return self._default
 
-    def _make_speaker(
-        self, name: str, audio: Any, reference_text: str | None, options: dict[str, Any]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _make_speaker(self, name: str, audio: Any, reference_text: str | None,
+                      options: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """A speaker from reference audio (cloned), a speaker string (`spk_emb=`), or a seed (`seed=`)."""
-        unknown = set(options) - {"spk_emb", "seed"}
-        if unknown:
-            raise InvalidInputError(f"unknown speaker option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-        meta: dict[str, Any] = {}
-        if audio is not None:
-            meta.update(dataclasses.asdict(self._clone_data(audio, reference_text)))
+        if unknown := sorted(set(options) - {"spk_emb", "seed"}):
+            raise InvalidInputError(f"unknown speaker option {unknown[0]!r}", field=unknown[0])
+        meta = dataclasses.asdict(self._clone_data(audio, reference_text)) if audio is not None else {}
         if options.get("spk_emb") is not None:
             decode_speaker(options["spk_emb"], self.runtime.hidden_size)  # validates
             meta["spk_emb"] = options["spk_emb"]
@@ -146,9 +123,7 @@ class AsyncChatTTSEngine(AsyncEngine):
             models = self.runtime.models
             if models.spk_std is None:
                 raise InvalidInputError("this checkpoint has no speaker statistics to draw from", field="seed")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(options["seed"]))
-                meta["spk_emb"] = sample_random_speaker(models.spk_std, models.spk_mean)
+            meta["spk_emb"] = seeded_speaker(models.spk_std, models.spk_mean, int(options["seed"]))
         if not any(meta.values()):
             raise InvalidInputError("give reference audio, a speaker string (spk_emb) or a seed", field="audio")
         return {}, {k: v for k, v in meta.items() if v}
@@ -170,12 +145,6 @@ class AsyncChatTTSEngine(AsyncEngine):
 
     # ----- synthesis -------------------------------------------------------------------------------------------
 
-    def _finish_params(self, params: SpeechParams) -> SpeechParams:
-        """`deterministic` without a seed samples with seed 0."""
-        if params.deterministic and params.seed is None:
-            return dataclasses.replace(params, seed=0)
-        return params
-
     def _prepare(self, text: str, voice: Voice[Any], params: ChatTTSParams, ctx: RequestContext) -> list[str]:
         """Split first (reference-004 windows), then ChatTTS's normalizer per segment (wetext, homophones), then
         refine the segments' text on the refine backend when asked (all segments together)."""
@@ -195,9 +164,7 @@ class AsyncChatTTSEngine(AsyncEngine):
         sampling = code_sampling(params.temperature, params.top_p, params.top_k, params.repetition_penalty,
                                  params.min_tokens, params.max_tokens, self.runtime.eos_code, params.seed, True,
                                  params.use_decoder)
-        v = voice.data
-        return self.runtime.code_call(CodeRequest(segment.text, sampling, v.spk_emb, v.spk_smp, v.txt_smp,
-                                                  params.speed_tag))
+        return self.runtime.code_call(CodeRequest(segment.text, sampling, voice.data, params.speed_tag))
 
     def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
         assert job.tokens is not None
@@ -236,8 +203,7 @@ class AsyncChatTTSEngine(AsyncEngine):
                                 use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                 seed: int | None = None, deterministic: bool | None = None,
                                 length_threshold: int | None = None, window_size: int | None = None,
-                                normalize: bool = True,
-                                **unknown: Any) -> np.ndarray:
+                                normalize: bool = True, **unknown: Any) -> np.ndarray:
         """Speak `text` in the voice of `reference_audio` (a 24 kHz-resampled recording of 0.5 to 30 s, path or
         bytes; its DVAE codes prompt the GPT), with `reference_text` its transcript; parameters as speak_async."""
         return await self._clone(text, reference_audio, reference_text, given(locals()))
@@ -248,15 +214,12 @@ class AsyncChatTTSEngine(AsyncEngine):
                                  use_decoder: bool = True, refine_text: bool = False, speed: float = 1.0,
                                  seed: int | None = None, deterministic: bool | None = None,
                                  length_threshold: int | None = None, window_size: int | None = None,
-                                 normalize: bool = True,
-                                 **unknown: Any) -> AsyncIterator[np.ndarray]:
+                                 normalize: bool = True, **unknown: Any) -> AsyncIterator[np.ndarray]:
         """clone_voice_async's audio as int16 chunks as they are made."""
         return self._clone_stream(text, reference_audio, reference_text, given(locals()))
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "backend": self.runtime.code_gen.stats()}
 
-    async def shutdown(self) -> None:
-        if not self._closed:
-            await super().shutdown()
-            await self.runtime.shutdown()
+    async def _close(self) -> None:
+        await self.runtime.shutdown()

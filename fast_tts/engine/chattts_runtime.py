@@ -1,4 +1,5 @@
-"""ChatTTS as stages over LM backends: prompts, code generation and refinement on backends, batched decoding.
+"""ChatTTS as stages over LM backends: code generation and refinement on backends (prompts from
+`fast_tts.models.chattts.prompt`), batched decoding.
 
 Shared by `AsyncChatTTSEngine` and the `Chat` facade, so both batch across requests: code generation and refinement
 run on two backends over the same decoder weights (each with a KV cache of its own), and decodes from concurrent
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,26 +27,13 @@ from fast_tts.engine.lm import LMCall, RequestContext
 from fast_tts.engine.streaming import StreamPlan, stream_windows
 from fast_tts.errors import InvalidInputError
 from fast_tts.models.chattts.decode import HOP, decode_rows, wav_length
-from fast_tts.models.chattts.gpt import inject_speaker
 from fast_tts.models.chattts.loader import ChatTTSModels
-from fast_tts.models.chattts.speaker import decode_prompt, decode_speaker, encode_prompt, normalize_speaker
-from fast_tts.models.chattts.tokenizer import decorate_code_prompts, decorate_text_prompts
+from fast_tts.models.chattts.prompt import CodeRequest, code_prompt, refine_prompt
+from fast_tts.models.chattts.speaker import encode_prompt
 from fast_tts.sampling import SamplingParams
 
 SAMPLE_RATE = 24000
 FRAME_SAMPLES = 2 * HOP  # audio per generated code frame
-
-
-@dataclass(frozen=True)
-class CodeRequest:
-    """One utterance for code generation: text (normalized), speaker conditioning and sampling."""
-
-    text: str
-    sampling: SamplingParams
-    spk_emb: str | None = None  # speaker string (timbre vector)
-    spk_smp: str | None = None  # audio-prompt string (codes of a reference recording)
-    txt_smp: str | None = None  # transcript of the audio prompt
-    prompt: str = "[speed_5]"
 
 
 class ChatTTSRuntime:
@@ -73,7 +60,6 @@ class ChatTTSRuntime:
     ) -> None:
         self.models = models
         self.stream_plan = stream_plan
-        self.num_vq = models.config.embed.num_vq
         self.eos_code = models.config.embed.num_audio_tokens - 1
         self.hidden_size = models.config.gpt.hidden_size
         options: dict[str, Any] = {"dtype": dtype, "device": device, "compile": compile, **(backend_options or {})}
@@ -90,32 +76,13 @@ class ChatTTSRuntime:
 
     # ----- prompts ---------------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def code_prompt(self, req: CodeRequest) -> torch.Tensor:
-        """Prompt embeddings (L, H) of one utterance, with the speaker vector injected at `[spk_emb]`."""
-        if not req.text.strip():
-            raise InvalidInputError("text is empty after normalization", field="input")
-        tok = self.models.tokenizer
-        codes = decode_prompt(req.spk_smp) if req.spk_smp is not None else None
-        if codes is not None and codes.shape[0] != self.num_vq:
-            raise InvalidInputError(f"audio prompt has {codes.shape[0]} codebooks, expected {self.num_vq}", "spk_smp")
-        decorated = decorate_code_prompts([req.text], req.prompt, req.txt_smp, req.spk_emb)
-        ids, _mask, text_mask = tok.encode(decorated, self.num_vq, codes)
-        emb = self.models.gpt.embed.prompt_embedding(ids, text_mask)
-        if req.spk_emb is not None:
-            vector = normalize_speaker(decode_speaker(req.spk_emb, self.hidden_size))
-            emb = inject_speaker(emb, ids[..., 0], vector, tok.spk_emb_id)
-        return emb[0].float()
-
     def code_call(self, req: CodeRequest) -> LMCall:
         """The code generation of one utterance."""
-        return LMCall(self.code_gen, self.code_prompt(req), req.sampling)
+        return LMCall(self.code_gen, code_prompt(self.models, req), req.sampling)
 
-    @torch.inference_mode()
     def refine_call(self, text: str, sampling: SamplingParams, prompt: str = "") -> LMCall:
         """The refinement of one text (prompt token ids (L, 1) on the refine backend)."""
-        ids = self.models.tokenizer.ids(decorate_text_prompts([text], prompt)[0])
-        return LMCall(self.text_gen, torch.tensor(ids, dtype=torch.long)[:, None], sampling)
+        return LMCall(self.text_gen, refine_prompt(self.models, text, prompt), sampling)
 
     def refined_text(self, steps: Iterable[StepOutput]) -> str:
         """The text of a refinement's tokens, keeping ids below `[break_0]` as the reference does."""
@@ -152,7 +119,7 @@ class ChatTTSRuntime:
 
     def generate_codes(self, req: CodeRequest) -> GenerationStream:
         """Start generating code frames for one utterance (call from the event loop); `stop_all` reaches it."""
-        stream = self.code_gen.submit(self.code_prompt(req), req.sampling)
+        stream = self.code_gen.submit(code_prompt(self.models, req), req.sampling)
         self._streams.add(stream)
         asyncio.ensure_future(stream.wait_finished()).add_done_callback(lambda _f: self._streams.discard(stream))
         return stream
@@ -208,50 +175,12 @@ class ChatTTSRuntime:
 
     # ----- speakers --------------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def audio_prompt(self, wav: np.ndarray | torch.Tensor) -> str:
         """Audio-prompt string (DVAE codes) of a 1-D 24 kHz wav (blocking)."""
-        tensor = torch.as_tensor(np.asarray(wav, dtype=np.float32) if not isinstance(wav, torch.Tensor) else wav)
-        if tensor.dim() != 1:
-            raise InvalidInputError(f"wav must be 1-D (samples), got shape {tuple(tensor.shape)}", field="wav")
-        codes = self.models.dvae.encode(tensor.float())
-        return encode_prompt(codes[0])
+        return encode_prompt(self.models.dvae.sample_audio(wav))
 
     async def shutdown(self) -> None:
         """Stop the backends and the decode worker."""
         await self.code_gen.shutdown()
         await self.text_gen.shutdown()
         await asyncio.get_running_loop().run_in_executor(None, self.decoder.close)
-
-
-def code_sampling(
-    temperature: float | Sequence[float],
-    top_p: float | None,
-    top_k: int | None,
-    repetition_penalty: float,
-    min_new_tokens: int,
-    max_new_tokens: int,
-    eos: int,
-    seed: int | None,
-    ensure_non_empty: bool,
-    return_hidden: bool,
-) -> SamplingParams:
-    """SamplingParams with ChatTTS's processing (keep >= 3 tokens, penalty over the last 16 frames, stop on eos).
-
-    `ensure_non_empty` forbids eos at the first step (the reference restarts the generation instead, and crashes
-    when a seed is set).
-    """
-    floor = 1 if ensure_non_empty and max_new_tokens > 0 else 0
-    return SamplingParams(
-        temperature=list(temperature) if isinstance(temperature, (list, tuple)) else float(temperature),
-        top_p=top_p,
-        top_k=top_k,
-        min_tokens_to_keep=3,
-        repetition_penalty=repetition_penalty,
-        repetition_window=16,
-        min_new_tokens=min(max(min_new_tokens, floor), max_new_tokens),
-        max_new_tokens=max_new_tokens,
-        stop_token_ids=[eos],
-        seed=seed,
-        return_hidden=return_hidden,
-    )

@@ -12,7 +12,6 @@ encoder; its aligned prompt is computed once, when the voice is made.
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import threading
@@ -30,6 +29,7 @@ from fast_tts.engine.base import AsyncEngine, ProgressFn, Segment, SegmentJob, V
 from fast_tts.engine.lm import LMCall, RequestContext
 from fast_tts.engine.params import SpeechParams, given, is_int, is_number
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
+from fast_tts.models.megatts3.frontend import read_reference
 from fast_tts.models.megatts3.g2p import MAX_NEW_TOKENS
 from fast_tts.models.megatts3.loader import load_megatts3
 from fast_tts.models.megatts3.pipeline import REFERENCE_JOIN, MegaTTS3Pipeline, ReferencePrompt, clean_text
@@ -81,29 +81,6 @@ class Mega3Voice:
     """A MegaTTS3 voice: the aligned reference prompt everything is conditioned on."""
 
     prompt: ReferencePrompt
-
-
-def _read_latent(source: Any) -> np.ndarray:
-    """A .npy latent from a path, bytes or an array."""
-    if isinstance(source, np.ndarray):
-        return source.astype(np.float32)
-    try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            arr = np.load(io.BytesIO(bytes(source)), allow_pickle=False)
-        else:
-            arr = np.load(Path(source), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read the reference latent (.npy): {exc}", field="reference_audio") from exc
-    return np.asarray(arr, dtype=np.float32)
-
-
-def split_reference(reference_audio: Any) -> tuple[Any, Any]:
-    """(wav path/bytes, npy path/bytes/array or None) from reference-004's tuple form or a bare wav."""
-    if isinstance(reference_audio, (tuple, list)):
-        if len(reference_audio) != 2:
-            raise InvalidInputError("reference_audio must be (wav, npy latent)", field="reference_audio")
-        return reference_audio[0], reference_audio[1]
-    return reference_audio, None
 
 
 class AsyncMega3Engine(AsyncEngine):
@@ -161,14 +138,8 @@ class AsyncMega3Engine(AsyncEngine):
 
     def _reference(self, reference_audio: Any) -> dict[str, np.ndarray]:
         """The arrays that define a voice: the 24 kHz wav, and the latent when one is given."""
-        from fast_tts.audio import read_audio
-
-        wav_src, lat_src = split_reference(reference_audio)
-        wav, _ = read_audio(wav_src, target_sr=self.sample_rate)
-        arrays = {"wav": np.asarray(wav, dtype=np.float32)}
-        if lat_src is not None:
-            arrays["latent"] = _read_latent(lat_src)
-        return arrays
+        wav, latent = read_reference(reference_audio)
+        return {"wav": wav} if latent is None else {"wav": wav, "latent": latent}
 
     def _make_voice(self, name: str, arrays: Mapping[str, np.ndarray]) -> Voice[Mega3Voice]:
         """Align the reference once (blocking); a bad wav or latent fails here."""
@@ -289,8 +260,6 @@ class AsyncMega3Engine(AsyncEngine):
         """clone_voice_async's audio as int16 chunks as they are made."""
         return self._clone_stream(text, reference_audio, reference_text, self._values(locals()))
 
-    async def shutdown(self) -> None:
-        """Stop the engine's workers, then the G2P backend."""
-        if not self._closed:
-            await super().shutdown()
-            await self._backend.shutdown()
+    async def _close(self) -> None:
+        """Stop the G2P backend (after the engine's workers)."""
+        await self._backend.shutdown()

@@ -46,6 +46,15 @@ class SpeechParams:
             if value is not None and (not is_int(value) or value < 1):
                 raise InvalidInputError(f"{key} must be a positive integer", field=key)
 
+    def completed(self: P, length_threshold: int, window_size: int, deterministic: bool) -> P:
+        """The engine's defaults where the request left these open; a seed alone implies `deterministic`."""
+        if self.deterministic is not None:
+            deterministic = self.deterministic
+        else:
+            deterministic = deterministic or self.seed is not None
+        return dataclasses.replace(self, length_threshold=self.length_threshold or length_threshold,
+                                   window_size=self.window_size or window_size, deterministic=deterministic)
+
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

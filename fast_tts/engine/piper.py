@@ -9,7 +9,6 @@ parameters such as speed), since Piper cannot clone from audio.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,25 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from fast_tts.audio import resample
 from fast_tts.engine.base import PresetSpeakerEngine, ProgressFn, SegmentJob, Voice
 from fast_tts.engine.lm import RequestContext
 from fast_tts.engine.params import SpeechParams, given
 from fast_tts.engine.routed import check_readable
-from fast_tts.errors import ModelLoadError, UnknownVoiceError
-from fast_tts.models.piper import PiperRunner, bundled_voice_paths
-
-
-@dataclass
-class _VoiceFile:
-    """One Piper model on disk and what its config says about it."""
-
-    key: str
-    model: Path
-    config: Path
-    sample_rate: int
-    language: str
-    alias: str | None
-    speakers: dict[str, int]
+from fast_tts.errors import UnknownVoiceError
+from fast_tts.models.piper import PiperRunner, VoiceFile, voice_files
 
 
 @dataclass(frozen=True)
@@ -47,35 +34,6 @@ class PiperVoice:
     speaker_id: int | None
 
 
-def find_piper_voices(model_path: str | Path | None) -> list[tuple[Path, Path]]:
-    """(model, config) pairs for the bundled voice (None), one `.onnx` file, or every voice in a folder."""
-    if model_path is None:
-        return [bundled_voice_paths()]
-    path = Path(model_path)
-    if path.is_file():
-        config = Path(f"{path}.json")
-        if path.suffix != ".onnx" or not config.is_file():
-            raise ModelLoadError(f"{path}: a Piper voice is an .onnx file with its .onnx.json config beside it")
-        return [(path, config)]
-    if path.is_dir():
-        pairs = [(p, Path(f"{p}.json")) for p in sorted(path.glob("*.onnx")) if Path(f"{p}.json").is_file()]
-        if pairs:
-            return pairs
-    raise ModelLoadError(f"no Piper voice (.onnx with .onnx.json beside it) at {path}")
-
-
-def _describe(model: Path, config: Path) -> _VoiceFile:
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-        sample_rate = int(data["audio"]["sample_rate"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{config} is not a Piper voice config: {exc}") from exc
-    language = str(data.get("language", {}).get("family") or data.get("espeak", {}).get("voice", "")[:2])
-    alias = data.get("dataset") or None
-    return _VoiceFile(model.name[: -len(".onnx")], model, config, sample_rate, language, alias,
-                      dict(data.get("speaker_id_map") or {}))
-
-
 class AsyncPiperEngine(PresetSpeakerEngine):
     """Piper voices with sentence-level streaming, `speed` (length scale 1/speed) and `deterministic` output."""
 
@@ -83,7 +41,7 @@ class AsyncPiperEngine(PresetSpeakerEngine):
     can_clone = False
 
     def __init__(self, model_path: str | Path | None = None, *, threads_per_request: int = 1, **kw: Any) -> None:
-        files = [_describe(m, c) for m, c in find_piper_voices(model_path)]
+        files = voice_files(model_path)
         self._files = {f.key: f for f in files}
         self._names: dict[str, PiperVoice] = {}
         for f in files:
@@ -105,7 +63,7 @@ class AsyncPiperEngine(PresetSpeakerEngine):
         super().__init__(**kw)
         self._warm_up(first)
 
-    def _warm_up(self, first: _VoiceFile) -> None:
+    def _warm_up(self, first: VoiceFile) -> None:
         """Load the default voice now (errors surface at construction) and run it once, with the normalizer, so
         the first request does not pay for FST loading and onnxruntime's first-run allocations."""
         runner = self._runner(first.key)
@@ -156,8 +114,6 @@ class AsyncPiperEngine(PresetSpeakerEngine):
             audio = runner.synthesize(phonemes, job.voice.data.speaker_id, length_scale=1.0 / job.params.speed,
                                       noise_scale=noise, noise_w=noise)
             if runner.sample_rate != self.sample_rate:
-                from fast_tts.audio import resample
-
                 audio = resample(audio, runner.sample_rate, self.sample_rate)
             yield audio
 
@@ -185,5 +141,5 @@ class AsyncPiperEngine(PresetSpeakerEngine):
         """speak_async's audio as int16 chunks, one per sentence as it is made; closing the iterator cancels."""
         return self._speak_stream(text, name, given(locals()), progress)
 
-    def _close(self) -> None:
+    async def _close(self) -> None:
         self._runners.clear()

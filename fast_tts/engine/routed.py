@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fast_tts.audio import JoinRule, resample
-from fast_tts.engine.base import AsyncEngine, PresetSpeakerEngine, ProgressFn, Segment, SegmentJob, SegmentText, Voice
+from fast_tts.engine.base import AsyncEngine, PresetSpeakerEngine, ProgressFn, Segment, SegmentJob, Voice
 from fast_tts.engine.lm import RequestContext
 from fast_tts.engine.params import SpeechParams, given
 from fast_tts.errors import InvalidInputError, UnknownVoiceError
@@ -202,14 +202,14 @@ class AsyncRoutedEngine(PresetSpeakerEngine):
         return bundled_remedy(script)
 
     def _prepare(self, text: str, voice: Voice[VoiceSet], params: SpeechParams,
-                 ctx: RequestContext) -> list[SegmentText]:
+                 ctx: RequestContext) -> list[Segment]:
         """Route (all runs first: an unreadable one fails the request before any audio); each run is a segment."""
         routes = route_text(text, voice.data)
         for route in routes:
             if route.language is None:
                 run = ScriptRun(route.script, route.text)
                 raise unreadable_error(voice.name, voice.data.languages, run, self._remedy(route.script))
-        return [SegmentText(r.text, RoutedRun(r.language, r.voice)) for r in routes if r.language and r.voice]
+        return [Segment(r.text, data=RoutedRun(r.language, r.voice)) for r in routes if r.language and r.voice]
 
     def _synthesize(self, job: SegmentJob) -> Iterator[np.ndarray]:
         """The run as its voice's engine speaks it (normalised and split there), at this engine's rate."""
@@ -248,8 +248,7 @@ class AsyncRoutedEngine(PresetSpeakerEngine):
         """speak_async's audio as int16 chunks, as each voice makes them (per sentence or clause)."""
         return self._speak_stream(text, name, given(locals()), progress)
 
-    async def shutdown(self) -> None:
-        """Stop this engine's workers, then release every member engine that was built."""
-        await super().shutdown()
+    async def _close(self) -> None:
+        """Release every member engine that was built (after this engine's workers stopped)."""
         for engine in list(self._engines.values()):
             await engine.shutdown()

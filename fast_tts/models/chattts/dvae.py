@@ -98,7 +98,7 @@ class DVAE(nn.Module):
     @torch.inference_mode()
     def sample_audio(self, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Codes (4, T) of one 1-D 24 kHz wav (what the reference's `chat.dvae.sample_audio` returns)."""
-        tensor = torch.from_numpy(np.asarray(wav, dtype=np.float32)) if isinstance(wav, np.ndarray) else wav
+        tensor = wav if isinstance(wav, torch.Tensor) else torch.as_tensor(np.asarray(wav, dtype=np.float32))
         if tensor.dim() != 1:
             raise InvalidInputError(f"wav must be 1-D (samples), got shape {tuple(tensor.shape)}", field="wav")
         return self.encode(tensor.float())[0]

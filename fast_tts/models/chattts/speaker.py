@@ -101,6 +101,13 @@ def sample_random_speaker(std: torch.Tensor, mean: torch.Tensor) -> str:
     return encode_speaker(vec)
 
 
+def seeded_speaker(std: torch.Tensor, mean: torch.Tensor, seed: int) -> str:
+    """`sample_random_speaker` after `torch.manual_seed(seed)`, the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return sample_random_speaker(std, mean)
+
+
 def normalize_speaker(vector: torch.Tensor) -> torch.Tensor:
     """The vector injected at `[spk_emb]`: L2-normalised in float16 (eps 1e-12)."""
     return F.normalize(vector.to(torch.float16), p=2.0, dim=0, eps=1e-12)

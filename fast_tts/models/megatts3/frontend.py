@@ -1,18 +1,51 @@
-"""MegaTTS3 reference front end: prompt padding, loudness, 24 -> 16 kHz, and the Whisper-style log-mel (own
-filterbank)."""
+"""MegaTTS3 reference front end: reading a reference (wav and WaveVAE latent), prompt padding, loudness, 24 -> 16 kHz,
+and the Whisper-style log-mel (own filterbank)."""
 
 from __future__ import annotations
 
+import io
 import math
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from fast_tts.audio import read_audio
+from fast_tts.errors import InvalidInputError
 
 SAMPLE_RATE = 24000
 WHISPER_SR = 16000
 N_FFT, HOP, N_MELS = 400, 160, 80
 TAIL_PAD = 12000  # 0.5 s of silence appended to every prompt
+
+
+def read_reference(reference_audio: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A reference's 24 kHz float32 wav and its WaveVAE latent (None when not given), from reference 004's
+    (wav, npy latent) pair or a bare wav: the wav a path or bytes, the latent a .npy path, bytes or an array."""
+    if isinstance(reference_audio, (tuple, list)):
+        if len(reference_audio) != 2:
+            raise InvalidInputError("reference_audio must be (wav, npy latent)", field="reference_audio")
+        wav_source, latent_source = reference_audio
+    else:
+        wav_source, latent_source = reference_audio, None
+    wav, _ = read_audio(wav_source, target_sr=SAMPLE_RATE)
+    return np.asarray(wav, dtype=np.float32), None if latent_source is None else read_latent(latent_source)
+
+
+def read_latent(source: Any) -> np.ndarray:
+    """A .npy latent from a path, bytes or an array."""
+    if isinstance(source, np.ndarray):
+        return source.astype(np.float32)
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            arr = np.load(io.BytesIO(bytes(source)), allow_pickle=False)
+        else:
+            arr = np.load(Path(source), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read the reference latent (.npy): {exc}", field="reference_audio") from exc
+    return np.asarray(arr, dtype=np.float32)
 
 
 def pad_prompt(wav: np.ndarray, win_size: int = 960) -> np.ndarray:

