@@ -92,15 +92,14 @@ class AsyncChatTTSEngine(AsyncEngine):
         self.runtime = ChatTTSRuntime(models, backend=backend, dtype=dtype, device=device, max_batch=max_batch,
                                       compile=compile, backend_options=backend_options)
         self.normalizer = Normalizer()
-        self._default = Voice("default", self._default_speaker())
+        self._default = Voice("default", ChatTTSVoice(spk_emb=self._seeded_speaker(DEFAULT_VOICE_SEED)))
 
     # ----- voices ----------------------------------------------------------------------------------------------
 
-    def _default_speaker(self) -> ChatTTSVoice:
+    def _seeded_speaker(self, seed: int) -> str | None:
+        """`seed`'s speaker string from the checkpoint's speaker statistics; None without them ([empty_spk])."""
         models = self.runtime.models
-        if models.spk_std is None:  # no statistics: the model picks a voice per utterance ([empty_spk])
-            return ChatTTSVoice()
-        return ChatTTSVoice(spk_emb=seeded_speaker(models.spk_std, models.spk_mean, DEFAULT_VOICE_SEED))
+        return None if models.spk_std is None else seeded_speaker(models.spk_std, models.spk_mean, seed)
 
     def _builtin_voices(self) -> list[str]:
         return ["default"]
@@ -115,15 +114,14 @@ class AsyncChatTTSEngine(AsyncEngine):
         """A speaker from reference audio (cloned), a speaker string (`spk_emb=`), or a seed (`seed=`)."""
         if unknown := sorted(set(options) - {"spk_emb", "seed"}):
             raise InvalidInputError(f"unknown speaker option {unknown[0]!r}", field=unknown[0])
-        meta = dataclasses.asdict(self._clone_data(audio, reference_text)) if audio is not None else {}
+        meta = dataclasses.asdict(self._clone_voice(audio, reference_text).data) if audio is not None else {}
         if options.get("spk_emb") is not None:
             decode_speaker(options["spk_emb"], self.runtime.hidden_size)  # validates
             meta["spk_emb"] = options["spk_emb"]
         elif options.get("seed") is not None:
-            models = self.runtime.models
-            if models.spk_std is None:
+            meta["spk_emb"] = self._seeded_speaker(int(options["seed"]))
+            if meta["spk_emb"] is None:
                 raise InvalidInputError("this checkpoint has no speaker statistics to draw from", field="seed")
-            meta["spk_emb"] = seeded_speaker(models.spk_std, models.spk_mean, int(options["seed"]))
         if not any(meta.values()):
             raise InvalidInputError("give reference audio, a speaker string (spk_emb) or a seed", field="audio")
         return {}, {k: v for k, v in meta.items() if v}
@@ -131,17 +129,14 @@ class AsyncChatTTSEngine(AsyncEngine):
     def _speaker_voice(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Voice[ChatTTSVoice]:
         return Voice(name, ChatTTSVoice(**{k: meta.get(k) or None for k in ("spk_emb", "spk_smp", "txt_smp")}))
 
-    def _clone_data(self, audio: Any, reference_text: str | None) -> ChatTTSVoice:
-        wav, _ = read_audio(audio, target_sr=SAMPLE_RATE)
+    def _clone_voice(self, reference_audio: Any, reference_text: str | None) -> Voice[ChatTTSVoice]:
+        wav, _ = read_audio(reference_audio, target_sr=SAMPLE_RATE)
         if wav.size < SAMPLE_RATE // 2:
             raise InvalidInputError("reference audio is shorter than 0.5 s", field="audio")
         if wav.size > 30 * SAMPLE_RATE:
             raise InvalidInputError("reference audio is longer than 30 s; trim it", field="audio")
         txt = self.normalizer(reference_text) if reference_text else None
-        return ChatTTSVoice(spk_smp=self.runtime.audio_prompt(wav), txt_smp=txt)
-
-    def _clone_voice(self, reference_audio: Any, reference_text: str | None) -> Voice[ChatTTSVoice]:
-        return Voice("clone", self._clone_data(reference_audio, reference_text))
+        return Voice("clone", ChatTTSVoice(spk_smp=self.runtime.audio_prompt(wav), txt_smp=txt))
 
     # ----- synthesis -------------------------------------------------------------------------------------------
 
