@@ -3,7 +3,7 @@
 The sentences: the six of tests/test_zh_intelligibility.py (numbers, dates, times, money), ten more with numbers
 (prices, a phone number, temperatures, page counts) and twelve everyday ones. Each is spoken by AsyncKokoroEngine
 with the named voice (normalised as the engine does), resampled to 16 kHz and transcribed by multilingual Whisper
-base (int8, beam 5, told the language is Chinese); both sides are compared as in tests/zh_asr.py. Some errors are
+base (int8, beam 5, told the language is Chinese); both sides are compared as in tests/asr.py. Some errors are
 Whisper's own writing rather than the voice's (它 for 她, 著 for 着, a phone number written as one large number):
 they count, so the figures compare voices, not an absolute floor. Needs `pip install -e '.[zh,test]'`.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from zh_asr import DATES_AND_NUMBERS, edits, hanzi, transcribe, whisper_base
+from asr import DATES_AND_NUMBERS, edits, hanzi, transcribe, whisper_base
 
 from fast_tts.audio import resample, to_float32
 
@@ -70,7 +70,7 @@ async def measure(voices: list[str] | None) -> dict[str, dict[str, list[int]]]:
                 errors = characters = 0
                 for text in sentences:
                     audio = await engine.speak_async(text, voice)
-                    heard = transcribe(whisper, resample(to_float32(audio), engine.sample_rate, 16000))
+                    heard = transcribe(whisper, resample(to_float32(audio), engine.sample_rate, 16000), "zh")
                     wrong = edits(hanzi(text), hanzi(heard))
                     errors, characters = errors + wrong, characters + len(hanzi(text))
                     if wrong:

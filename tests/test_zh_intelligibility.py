@@ -1,6 +1,6 @@
 """The default voices speak Chinese (and mixed Chinese/English) intelligibly: Whisper base hears what was said.
 
-Whisper base and the character error count are in zh_asr.py.
+Whisper base and the character error count are in asr.py.
 
 Target: issue 16 asks for a character error rate of at most 5%, and that is CER_LIMIT. With the default Mandarin
 voice (Kokoro zf_xiaobei) Whisper base hears these sentences without an error; the Japanese speakers that were the
@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 import pytest
-from zh_asr import DATES_AND_NUMBERS, edits, hanzi, transcribe, whisper_base
+from asr import DATES_AND_NUMBERS, edits, hanzi, transcribe, whisper_base
 from zh_voice import require_zh
 
 from fast_tts.audio import resample, to_float32
@@ -78,7 +78,7 @@ def test_chinese_with_numbers_and_dates_is_understood(whisper: object, spoken: d
     errors = total = 0
     heard = []
     for text in SENTENCES:
-        hypothesis = transcribe(whisper, np.concatenate(spoken[text]))
+        hypothesis = transcribe(whisper, np.concatenate(spoken[text]), "zh")
         errors += edits(hanzi(text), hanzi(hypothesis))
         total += len(hanzi(text))
         heard.append(hypothesis)
@@ -93,7 +93,7 @@ def test_mixed_sentence_keeps_both_languages(whisper: object, spoken: dict[str, 
     runs = split_scripts(MIXED)
     segments = spoken[MIXED]
     assert [run.script for run in runs] == ["han", "latin", "han", "latin"] and len(segments) == len(runs)
-    heard = hanzi(transcribe(whisper, np.concatenate(segments)))
+    heard = hanzi(transcribe(whisper, np.concatenate(segments), "zh"))
     chinese = hanzi(re.sub("[A-Za-z ]+", "", MIXED))
     assert edits(chinese, re.sub("[a-z]+", "", heard)) <= 0.15 * len(chinese), heard
     for run, audio, name in zip(runs[1::2], segments[1::2], ("newyork", "macbook"), strict=True):
@@ -106,5 +106,5 @@ def test_mixed_sentence_keeps_both_languages(whisper: object, spoken: dict[str, 
 def test_reversed_audio_is_not_understood(whisper: object, spoken: dict[str, np.ndarray]) -> None:
     """Negative control: the first sentence played backwards must fail the check the real audio passes."""
     text = SENTENCES[0]
-    heard = transcribe(whisper, np.ascontiguousarray(np.concatenate(spoken[text])[::-1]))
+    heard = transcribe(whisper, np.ascontiguousarray(np.concatenate(spoken[text])[::-1]), "zh")
     assert edits(hanzi(text), hanzi(heard)) > 0.5 * len(hanzi(text)), heard

