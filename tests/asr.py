@@ -9,6 +9,7 @@ Both sides of a Chinese comparison are simplified characters with numbers spelle
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -31,11 +32,16 @@ DATES_AND_NUMBERS = [
 """The sentences the intelligibility test holds to issue 16's 5% (numbers, dates, times, money)."""
 
 
-def hanzi(text: str) -> str:
-    """Simplified characters with numbers read out, punctuation and spaces dropped, Latin lower-cased."""
+@functools.cache
+def _to_simplified() -> Any:
     import opencc
 
-    spoken = normalize(opencc.OpenCC("t2s").convert(text), "zh")
+    return opencc.OpenCC("t2s")
+
+
+def hanzi(text: str) -> str:
+    """Simplified characters with numbers read out, punctuation and spaces dropped, Latin lower-cased."""
+    spoken = normalize(_to_simplified().convert(text), "zh")
     return re.sub(r"[\W_]+", "", spoken).lower()
 
 
