@@ -203,11 +203,11 @@ async def test_event_loop_stays_responsive(backend) -> None:
     del backend  # a bigger decoder here, so that each step takes real time
     big = create_backend("torch", TinyLM(hidden=256, layers=6), max_batch=4, max_seq=400)
     try:
-        streams = [big.submit(_prompt(200, i), SamplingParams(max_new_tokens=60, seed=i)) for i in range(4)]
-        lags = await loop_lags(streams)
+        lags = await loop_lags(lambda: [big.submit(_prompt(200, i), SamplingParams(max_new_tokens=60, seed=i))
+                                        for i in range(4)])
     finally:
         await big.shutdown()
-    assert len(lags) > 10
+    assert len(lags) > 20, len(lags)
     assert max(lags) < 0.2, max(lags)
 
 
