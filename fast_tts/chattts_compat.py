@@ -455,7 +455,8 @@ class Chat:
 
         async def generate(texts: list[str]) -> list[asyncio.Future[np.ndarray]]:
             requests = self._requests(texts, p, use_decoder, rng)
-            collected = [asyncio.ensure_future(finish(runtime.generate_codes(r), r)) for r in requests]
+            streams = runtime.generate_codes(requests)
+            collected = [asyncio.ensure_future(finish(s, r)) for s, r in zip(streams, requests)]
             decodes = [asyncio.ensure_future(decode(c)) for c in collected]
             try:
                 await asyncio.gather(*collected)  # this batch has drawn all its noise

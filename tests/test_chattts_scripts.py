@@ -75,18 +75,19 @@ def capture_codes(chat: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[list[
     runtime, got = chat.runtime, []
     original = runtime.generate_codes
 
-    def generate_codes(req: Any) -> Any:
-        stream, slot = original(req), len(got)
-        got.append(None)
-        collect = stream.collect
+    def generate_codes(reqs: Any) -> Any:
+        streams = original(reqs)
+        for stream in streams:
+            slot, collect = len(got), stream.collect
+            got.append(None)
 
-        async def recorded() -> Any:
-            result = await collect()
-            got[slot] = result.token_ids.tolist()
-            return result
+            async def recorded(collect: Any = collect, slot: int = slot) -> Any:
+                result = await collect()
+                got[slot] = result.token_ids.tolist()
+                return result
 
-        stream.collect = recorded
-        return stream
+            stream.collect = recorded
+        return streams
 
     monkeypatch.setattr(runtime, "generate_codes", generate_codes)
     return got

@@ -117,16 +117,21 @@ class ChatTTSRuntime:
 
     # ----- the Chat facade's async calls (on its event loop; blocking parts on threads) --------------------------
 
-    def generate_codes(self, req: CodeRequest) -> GenerationStream:
-        """Start generating code frames for one utterance (call from the event loop); `stop_all` reaches it."""
-        stream = self.code_gen.submit(code_prompt(self.models, req), req.sampling)
-        self._streams.add(stream)
-        asyncio.ensure_future(stream.wait_finished()).add_done_callback(lambda _f: self._streams.discard(stream))
-        return stream
+    def generate_codes(self, reqs: Sequence[CodeRequest]) -> list[GenerationStream]:
+        """Start generating code frames for utterances (call from the event loop); `stop_all` reaches them. Every
+        prompt is built before the first is submitted, so that the backend admits them together (one prefill, rows
+        in step) instead of starting the first alone while the others' prompts are built."""
+        prompts = [code_prompt(self.models, req) for req in reqs]
+        streams = [self.code_gen.submit(prompt, req.sampling) for prompt, req in zip(prompts, reqs)]
+        for stream in streams:
+            self._streams.add(stream)
+            asyncio.ensure_future(stream.wait_finished()).add_done_callback(
+                lambda _f, stream=stream: self._streams.discard(stream))
+        return streams
 
     async def synthesize(self, req: CodeRequest, use_decoder: bool = True) -> tuple[np.ndarray, torch.Tensor]:
         """Generate and decode one utterance; returns (wav, code ids (T, 4))."""
-        stream = self.generate_codes(req)
+        [stream] = self.generate_codes([req])
         try:
             result = await stream.collect()
         finally:
