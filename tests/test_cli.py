@@ -111,7 +111,7 @@ def test_stream_to_stdout_is_one_decodable_file(tmp_path: Path, fmt: str) -> Non
 
 
 def test_stream_sends_first_bytes_before_synthesis_ends(tmp_path: Path) -> None:
-    text = " ".join(f"This is sentence number {n} of a long streamed paragraph." for n in range(1, 13))
+    text = " ".join(f"This is sentence number {n} of a long streamed paragraph." for n in range(1, 25))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fast_tts.cli", "speak", text, "--stream", "-o", "-", "--format", "pcm"],
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

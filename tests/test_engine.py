@@ -150,11 +150,10 @@ async def test_event_loop_keeps_running_during_synthesis(engine: AsyncPiperEngin
 
     tick = asyncio.create_task(ticker())
     start = time.perf_counter()
-    await engine.speak_async(THREE * 2)
-    elapsed = time.perf_counter() - start
+    while time.perf_counter() - start < 1.0:  # enough compute, on any machine, that a blocked loop would show
+        await engine.speak_async(THREE * 2)
     done.set()
     await tick
-    assert elapsed > 0.3  # enough compute that a blocked loop would show a long gap
     assert len(gaps) > 20
     assert max(gaps) < 0.15, f"event loop stalled for {max(gaps):.3f} s"
 
