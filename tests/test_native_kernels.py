@@ -397,6 +397,28 @@ def test_g2p_head_runs_tiled_for_a_bf16_backend() -> None:
     torch.testing.assert_close(tiled[:, 0], want, rtol=1e-5, atol=1e-5)
 
 
+@needs_kernel
+def test_chattts_heads_run_as_one_float32_layer_on_the_kernel() -> None:
+    """The 4 code heads (and the text head) take the native float32 kernel under the torch backend, for any dtype,
+    with the logits of the plain heads; on another device they stay torch's."""
+    from fast_tts.models.chattts.config import EmbedConfig
+    from fast_tts.models.chattts.gpt import ChatTTSEmbed, ChatTTSGPT, CodeLM, TextLM
+
+    torch.manual_seed(4)
+    gpt = ChatTTSGPT(Transformer(DecoderConfig(64, 128, 1, 4, 4)), ChatTTSEmbed(EmbedConfig(64, 40, 70, 4)))
+    hidden = torch.randn(3, 64)
+    with torch.no_grad():
+        for adapter, shape in ((CodeLM(gpt), (3, 4, 40)), (TextLM(gpt), (3, 1, 70))):
+            plain = adapter.logits(hidden)
+            adapter.prepare_for_backend(torch.float32, torch.device("meta"))
+            assert adapter._head is None
+            adapter.prepare_for_backend(torch.bfloat16, torch.device("cpu"))
+            assert isinstance(adapter._head, TiledF32Linear)
+            tiled = adapter.logits(hidden)
+            assert tiled.shape == plain.shape == shape
+            torch.testing.assert_close(tiled, plain, rtol=1e-5, atol=1e-6)
+
+
 needs_int8 = pytest.mark.skipif(not (CAN_RUN and {"amx_tile", "amx_int8"} <= _cpu_flags()),
                                 reason="this CPU lacks AMX-INT8 (or is not x86-64 Linux)")
 needs_int4 = pytest.mark.skipif(not (CAN_RUN and "avx512_vnni" in _cpu_flags()),

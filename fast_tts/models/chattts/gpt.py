@@ -126,6 +126,7 @@ class CodeLM:
         self.num_codebooks = gpt.embed.num_vq
         self.source = gpt.source
         self._embed = gpt.embed
+        self._head: nn.Module | None = None  # set by `prepare_for_backend`
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, 4) code ids -> (B, T, H)."""
@@ -133,7 +134,13 @@ class CodeLM:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, H) -> (B, 4, num_audio_tokens), float32."""
+        if self._head is not None:
+            return self._head(hidden).reshape(hidden.shape[0], self.num_codebooks, -1)
         return self._embed.code_logits(hidden)
+
+    def prepare_for_backend(self, dtype: torch.dtype, device: torch.device, quantize: str | None = None) -> None:
+        """Run the 4 heads as one float32 layer on the native kernel where it runs (see `native_head`)."""
+        self._head = native_head(list(self._embed.head_code), device)
 
 
 class TextLM:
@@ -144,6 +151,7 @@ class TextLM:
         self.num_codebooks = 1
         self.source = gpt.source
         self._embed = gpt.embed
+        self._head: nn.Module | None = None  # set by `prepare_for_backend`
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, 1) text ids -> (B, T, H)."""
@@ -151,4 +159,27 @@ class TextLM:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, H) -> (B, 1, num_text_tokens), float32."""
+        if self._head is not None:
+            return self._head(hidden)[:, None]
         return self._embed.text_logits(hidden)[:, None]
+
+    def prepare_for_backend(self, dtype: torch.dtype, device: torch.device, quantize: str | None = None) -> None:
+        """Run the text head on the native kernel where it runs (see `native_head`)."""
+        self._head = native_head([self._embed.head_text], device)
+
+
+def native_head(heads: list[nn.Linear], device: torch.device) -> nn.Module | None:
+    """`heads` stacked into one float32 layer on the native kernel, for a backend's decode steps on CPU.
+
+    A step's head is a product of a few rows with a large float32 matrix (the text head alone is 65 MB), bound by
+    how fast the weights stream: the native kernel reads them at the memory bandwidth, torch's float32 product at
+    small batch a fraction of it. Each output stays one float32 dot product. None where the kernel does not run.
+    """
+    from fast_tts.kernels.linear import TiledF32Linear, native_available, tiled_layout_fits
+
+    weight = torch.cat([head.weight.detach().float() for head in heads])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if device.type != "cpu" or not tiled_layout_fits(fused) or not native_available(torch.float32):
+        return None
+    return TiledF32Linear(fused)
