@@ -159,7 +159,7 @@ def apply_top_p_top_k_sparse(
     return torch.full_like(logits, float("-inf")).scatter_(-1, index, kept)
 
 
-SPARSE_VOCAB = 4096  # from this vocabulary size up, top-p + top-k avoid sorting the vocabulary
+SPARSE_VOCAB = 512  # from this vocabulary size up (ChatTTS codebooks: 626), top-p + top-k avoid sorting the vocabulary
 
 
 def sample_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
