@@ -21,6 +21,7 @@ from fast_tts.kernels.linear import (
     _TiledLinear,
     native_available,
     pack_linears,
+    prepack_linears,
     quantize_groups,
 )
 from fast_tts.models.transformer import DecoderConfig, Transformer
@@ -135,6 +136,20 @@ def test_pack_linears_uses_the_kernel_where_the_layout_fits() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.extra(x).float(), expected, rtol=2**-8, atol=1e-5)
         torch.testing.assert_close(model.odd(x_odd).float(), expected_odd, rtol=2e-2, atol=2e-2)
+
+
+def test_prepack_linears_swaps_float32_layers_for_onednn_packed_ones() -> None:
+    """Audio decoders' float32 linears become `PackedLinear` with `F.linear`'s results; other dtypes stay."""
+    torch.manual_seed(5)
+    mlp = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+    model = nn.ModuleDict({"mlp": mlp, "bf16": nn.Linear(64, 32).to(torch.bfloat16)})
+    x = torch.randn(2, 300, 64)
+    with torch.no_grad():
+        want = mlp(x)
+        assert prepack_linears(model) == 2
+        assert isinstance(mlp[0], PackedLinear) and isinstance(mlp[2], PackedLinear)
+        assert type(model["bf16"]) is nn.Linear
+        torch.testing.assert_close(mlp(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_switch_off_and_nothing_built_at_run_time(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -26,6 +26,7 @@ from fast_tts.engine.batcher import DecodeBatcher
 from fast_tts.engine.lm import LMCall, RequestContext
 from fast_tts.engine.streaming import StreamPlan, stream_windows
 from fast_tts.errors import InvalidInputError
+from fast_tts.kernels.linear import prepack_linears
 from fast_tts.models.chattts.decode import HOP, decode_rows, wav_length
 from fast_tts.models.chattts.loader import ChatTTSModels
 from fast_tts.models.chattts.prompt import CodeRequest, code_prompt, refine_prompt
@@ -70,6 +71,9 @@ class ChatTTSRuntime:
         # float32 decoding); float32 keeps the reference's numbers
         self.decode_bf16 = (resolve_dtype(dtype, device) == torch.bfloat16 and torch.device(device).type == "cpu"
                             and bf16_fast(device))
+        if not self.decode_bf16 and torch.device(device).type == "cpu":  # float32 decoding: oneDNN's packed product
+            for module in (models.decoder, models.vocos, models.dvae.decoder):
+                prepack_linears(module)
         self.decoder = DecodeBatcher(self._decode_batch, max_batch=decode_batch, wait_s=decode_wait_s, name="chattts")
         self._contexts: set[RequestContext] = set()
         self._streams: set[GenerationStream] = set()

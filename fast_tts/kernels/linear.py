@@ -8,6 +8,7 @@ Decode is a stream of skinny matmuls (batch rows x weight), bound by how fast th
 - on request (`pack_linears(quantize=...)`), weights quantized in groups: `TiledInt8Linear` (int8 on AMX-INT8, half
   bf16's bytes) or `TiledInt4Linear` (4-bit on AVX-512 VNNI, a little over a quarter of them).
 `pack_linears` swaps each `nn.Linear` of a module once; each path is checked against `F.linear` on a probe first.
+`prepack_linears` swaps them for `PackedLinear` alone, for modules run on many rows at once (audio decoders).
 """
 
 from __future__ import annotations
@@ -278,9 +279,32 @@ def native_bf16_available() -> bool:
     return native_available(torch.bfloat16)
 
 
+@functools.cache
+def _prepacked_available(dtype: torch.dtype) -> bool:
+    return _matches_linear(PackedLinear, dtype)
+
+
 def packing_available(dtype: torch.dtype) -> bool:
     """True when some packed path exists here for `dtype` and matches `F.linear` on a probe."""
-    return native_available(dtype) or _matches_linear(PackedLinear, dtype)
+    return native_available(dtype) or _prepacked_available(dtype)
+
+
+def prepack_linears(module: nn.Module) -> int:
+    """Replace every float32 `nn.Linear` under `module` by a `PackedLinear`, in place; returns how many (none where
+    oneDNN's packed product does not match `F.linear` here).
+
+    For modules that multiply many rows at once (convolutional decoders over whole utterances), where oneDNN's
+    prepacked float32 product is faster than `F.linear`; `pack_linears` is for the few rows of a decode step."""
+    if not _prepacked_available(torch.float32):
+        return 0
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            weight = child.weight if isinstance(child, nn.Linear) else None
+            if weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu":
+                setattr(parent, name, PackedLinear(child))
+                swapped += 1
+    return swapped
 
 
 QUANTIZED: dict[str, type[_GroupedLinear]] = {"int8": TiledInt8Linear, "int4": TiledInt4Linear}

@@ -34,12 +34,17 @@ def pack_rows(rows: list[torch.Tensor], gap: int) -> tuple[torch.Tensor, list[tu
     return packed, spans
 
 
+def decode_device(models: ChatTTSModels) -> torch.device:
+    """Where the audio decoders run (their linears may be prepacked ones, without a `weight`)."""
+    return next(models.vocos.parameters()).device
+
+
 @torch.inference_mode()
 def packed_mel(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bool
                ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
     """Mel (1, 100, F) of non-empty rows packed along time, its frame mask (1, 1, F) and each row's frame span, for
     hidden rows (T, H) (use_decoder) or code rows (T, 4)."""
-    device = models.vocos.head.out.weight.device
+    device = decode_device(models)
     dtype = torch.float32 if use_decoder else torch.long
     packed, spans = pack_rows([r.to(device, dtype) for r in rows], GAP_TOKENS)
     frame_spans = [(2 * s, 2 * n) for s, n in spans]
@@ -67,7 +72,7 @@ def decode_rows(models: ChatTTSModels, rows: list[torch.Tensor], use_decoder: bo
     keep = [i for i, r in enumerate(rows) if r.shape[0] > 0]
     out = [torch.zeros(0) for _ in rows]
     if len({rows[i].shape[0] for i in keep}) == 1 and rows[keep[0]].shape[0] > 1:
-        device = models.vocos.head.out.weight.device
+        device = decode_device(models)
         batch = torch.stack([rows[i].t() for i in keep]).to(device, torch.float32 if use_decoder else torch.long)
         mel = models.decoder(batch) if use_decoder else models.dvae(batch)
         for i, wav in zip(keep, models.vocos(mel)):
