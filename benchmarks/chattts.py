@@ -12,6 +12,7 @@ how much of our time the decoders (Decoder + Vocos on the batch) take.
     python benchmarks/chattts.py                           # float32 and bfloat16, batches 1 and 8, 100 frames
     python benchmarks/chattts.py --threads 2 --no-reference
     python benchmarks/chattts.py --gpt-steps               # also GPT ms/step through the KV cache (greedy)
+    python benchmarks/chattts.py --rounds 3                # ours then the reference, 3 times: the speed-up's spread
 """
 
 from __future__ import annotations
@@ -164,32 +165,8 @@ def reference(python: str | Path, ckpt: Path, batches: list[int], tokens: int, e
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fast_tts_chattts_full")
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--tokens", type=int, default=100, help="code frames per text")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs per cell (the best is kept)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gpt-steps", action="store_true", help="also time GPT steps alone (ours and the reference)")
-    ap.add_argument("--no-reference", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    batches = [int(b) for b in args.batches.split(",")]
-    ckpt = ensure_checkpoint(args.checkpoint)
-    load_before = os.getloadavg()[0]
-    mine = {dtype: ours_infer(ckpt, dtype, batches, args.tokens, args.repeat) for dtype in args.dtypes.split(",")}
-    steps = ours_gpt_steps(ckpt, batches, args.tokens) if args.gpt_steps else None
-    ref = None
-    python = reference_python()
-    if not args.no_reference and python is not None:
-        ref = reference(python, ckpt, batches if args.gpt_steps else [], args.tokens, 0, args.threads,
-                        infer_batches=batches, infer_tokens=args.tokens, repeat=args.repeat)
-    elif not args.no_reference:
-        print("reference environment not found (set FAST_TTS_REFERENCE_PYTHON): printing ours only")
-    print(f"\nChat.infer, full-size random weights, {args.tokens} frames per text, decode included; torch "
-          f"{torch.__version__}, {args.threads} threads, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+def print_round(mine: dict, ref: dict | None, batches: list[int]) -> None:
+    """One round's table: wall (CPU) seconds of ours, of which the decoders, the reference's, and the ratios."""
     print("wall s (CPU s of the process): ours, of which the decoders, and the reference")
     print(f"{'case':22} {'ours':>15} {'decode':>7} {'reference':>16} {'speed-up':>9} {'CPU ratio':>9}")
     for dtype, res in mine.items():
@@ -201,12 +178,64 @@ def main() -> None:
             speed = f"{r['wall_s'] / cell['wall_s']:8.2f}x" if r else f"{'-':>9}"
             cpu = f"{r['cpu_s'] / cell['cpu_s']:8.2f}x" if r else f"{'-':>9}"
             print(f"{dtype + ' batch ' + str(b):22} {ours_s:>15} {cell['decode_s']:7.2f} {ref_s:>16} {speed} {cpu}")
-    if steps:
-        print(f"\n{'GPT ms/step (float32)':24} {'ours':>8} {'reference':>12}")
+
+
+def print_summary(rounds: list[tuple[dict, dict]], batches: list[int]) -> None:
+    """Over rounds (each: ours, then the reference right after): each side's best and each round's speed-up."""
+    print(f"\nover {len(rounds)} rounds: best wall s of each side, and the speed-up of each round (min / median / max)")
+    print(f"{'case':22} {'ours best':>9} {'ref best':>9} {'best/best':>9} {'round speed-ups':>24}")
+    for dtype in rounds[0][0]:
         for b in batches:
-            r = ref[f"batch{b}"]["ms_per_step"] if ref else float("nan")
-            print(f"{'batch ' + str(b):24} {steps[f'batch{b}']['ms_per_step']:8.1f} {r:12.1f}")
-    print(json.dumps({"ours": mine, "gpt_steps": steps, "reference": ref}))
+            key = f"batch{b}"
+            ours = [mine[dtype][key]["wall_s"] for mine, _ in rounds]
+            refs = [ref["infer"][key]["wall_s"] for _, ref in rounds]
+            ratios = sorted(r / o for o, r in zip(ours, refs))
+            spread = f"{ratios[0]:.2f} / {ratios[len(ratios) // 2]:.2f} / {ratios[-1]:.2f}"
+            print(f"{dtype + ' batch ' + str(b):22} {min(ours):9.2f} {min(refs):9.2f} {min(refs) / min(ours):8.2f}x "
+                  f"{spread:>24}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "fast_tts_chattts_full")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--tokens", type=int, default=100, help="code frames per text")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per cell (the best is kept)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="ours then the reference, this many times (a summary gives each round's speed-up)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpt-steps", action="store_true", help="also time GPT steps alone (ours and the reference)")
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    ckpt = ensure_checkpoint(args.checkpoint)
+    python = reference_python()
+    if not args.no_reference and python is None:
+        print("reference environment not found (set FAST_TTS_REFERENCE_PYTHON): printing ours only")
+    rounds = []
+    for n in range(args.rounds):
+        load_before = os.getloadavg()[0]
+        mine = {dtype: ours_infer(ckpt, dtype, batches, args.tokens, args.repeat) for dtype in args.dtypes.split(",")}
+        steps = ours_gpt_steps(ckpt, batches, args.tokens) if args.gpt_steps else None
+        ref = None
+        if not args.no_reference and python is not None:
+            ref = reference(python, ckpt, batches if args.gpt_steps else [], args.tokens, 0, args.threads,
+                            infer_batches=batches, infer_tokens=args.tokens, repeat=args.repeat)
+            rounds.append((mine, ref))
+        print(f"\n{f'round {n + 1}: ' if args.rounds > 1 else ''}Chat.infer, full-size random weights, {args.tokens} "
+              f"frames per text, decode included; torch {torch.__version__}, {args.threads} threads, load average "
+              f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+        print_round(mine, ref, batches)
+        if steps:
+            print(f"\n{'GPT ms/step (float32)':24} {'ours':>8} {'reference':>12}")
+            for b in batches:
+                r = ref[f"batch{b}"]["ms_per_step"] if ref else float("nan")
+                print(f"{'batch ' + str(b):24} {steps[f'batch{b}']['ms_per_step']:8.1f} {r:12.1f}")
+        print(json.dumps({"ours": mine, "gpt_steps": steps, "reference": ref}), flush=True)
+    if len(rounds) > 1:
+        print_summary(rounds, batches)
 
 
 if __name__ == "__main__":
