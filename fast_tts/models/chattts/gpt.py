@@ -177,9 +177,9 @@ def native_head(heads: list[nn.Linear], device: torch.device) -> nn.Module | Non
     """
     from fast_tts.kernels.linear import TiledF32Linear, native_available, tiled_layout_fits
 
+    if device.type != "cpu" or not native_available(torch.float32):
+        return None
     weight = torch.cat([head.weight.detach().float() for head in heads])
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
-    if device.type != "cpu" or not tiled_layout_fits(fused) or not native_available(torch.float32):
-        return None
-    return TiledF32Linear(fused)
+    return TiledF32Linear(fused) if tiled_layout_fits(fused) else None
