@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 
 KERNELS = "fast_tts/kernels/"
 SOURCES = ["module.c", "pool.c", "bf16_matmul.c", "amx_matmul.c", "grouped_matmul.c", "f32_matmul.c", "decode_step.c",
-           "decode_ops.c", "decode_f32.c"]
+           "decode_ops.c", "decode_f32.c", "sample.c"]
 
 native = Extension(
     "fast_tts.kernels._native",

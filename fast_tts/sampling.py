@@ -7,6 +7,8 @@ Processing follows the ChatTTS order: temperature, repetition penalty, top-p, to
 tokens never depend on its batch neighbours. A request may instead bring a `NoiseSource`: its token is then
 argmax(probs / noise) with Exp(1) noise from the source, which is exactly how `torch.multinomial(probs, 1)` draws,
 so a caller can replay another implementation's random stream (the ChatTTS drop-in replays the reference's).
+Where every row keeps its top k tokens (the sparse path below) and the native kernels run, a step is one call to
+`kernels/sample.c`, which follows the same rules in one pass (tokens equal up to float rounding).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from fast_tts.errors import InvalidInputError
+from fast_tts.kernels import native
 
 _UNIFORM_BLOCK = 64  # steps of uniforms drawn per refill of a row's buffer
 _NO_WINDOW = 2**62  # repetition window of "all generated tokens"
@@ -302,10 +305,14 @@ class BatchSampler:
         """Sample tokens (B, C) for `rows` and record them; returns (tokens, stopped (B,) bool)."""
         greedy = self.greedy[rows]
         all_greedy = bool(greedy.all())
-        x = self.process(logits, rows, argmax_only=all_greedy)
         start = rows.start or 0
-        n = x.shape[0]
+        n = logits.shape[0]
         idx = torch.arange(start, start + n, device=self.device)
+        if not all_greedy and self._native_applies(logits, rows):
+            tokens = self._sample_native(logits, rows, idx)
+            self._advance(tokens, rows, idx)
+            return tokens, self.stop_mask[rows].gather(1, tokens).any(-1)
+        x = self.process(logits, rows, argmax_only=all_greedy)
         if all_greedy:
             tokens = x.argmax(-1)
             self._advance(tokens, rows, idx)
@@ -321,6 +328,55 @@ class BatchSampler:
         self._advance(tokens, rows, idx)
         stopped = self.stop_mask[rows].gather(1, tokens).any(-1)
         return tokens, stopped
+
+    def _native_applies(self, logits: torch.Tensor, rows: slice) -> bool:
+        """True when `_sample_native` computes this step: the sparse top-p + top-k path on CPU, k small enough."""
+        use_top_p, use_top_k = self._flags[1], self._flags[2]
+        if not (use_top_p and use_top_k and self.vocab_size >= SPARSE_VOCAB and logits.device.type == "cpu"):
+            return False
+        lib = native()
+        k_eff = self.k_eff[rows]
+        return (lib is not None and logits.dtype == torch.float32 and bool((k_eff < self.vocab_size).all())
+                and int(k_eff.max()) <= lib.lib.FAST_TTS_SAMPLE_MAX_K)
+
+    def _sample_native(self, logits: torch.Tensor, rows: slice, idx: torch.Tensor) -> torch.Tensor:
+        """The sparse path's processing and draw in one native call (`kernels/sample.c`); same tokens as the torch
+        path up to float rounding."""
+        lib = native()
+        assert lib is not None
+        n, c, v = logits.shape
+        start = rows.start or 0
+        sources = self._noise_sources(start, n) if self._flags[4] else {}
+        noise = torch.zeros(n, c, v) if sources else None
+        use_noise = torch.zeros(n, dtype=torch.uint8)
+        for i, source in sources.items():
+            noise[i] = source.noise(self._steps_py[start + i])
+            use_noise[i] = 1
+        blocked = None
+        if self._flags[3]:
+            blocked = (self.stop_mask[rows] & (self.steps[rows] < self.min_new[rows])[:, None]).to(torch.uint8)
+        keep = {
+            "logits": logits.contiguous(),
+            "temperature": self.temperature[rows].contiguous(),
+            "greedy": self.greedy[rows].to(torch.uint8),
+            "penalty": self.penalty[rows].contiguous(),
+            "counts": self.counts[rows].contiguous() if self._flags[0] else None,
+            "top_p": self.top_p[rows].contiguous(),
+            "k_eff": self.k_eff[rows].contiguous(),
+            "min_keep": self.min_keep[rows].contiguous(),
+            "blocked": blocked,
+            "use_noise": use_noise,
+            "noise": noise,
+            "uniforms": self.uniforms[idx, self.cursor[rows]].contiguous(),
+            "scratch": torch.empty(v),
+            "tokens": torch.empty(n, c, dtype=torch.long),
+        }
+        args = lib.ffi.new("fast_tts_sample_args *")
+        for name, tensor in keep.items():
+            setattr(args, name, lib.ptr(None if tensor is None else tensor.data_ptr()))
+        args.rows, args.books, args.vocab = n, c, v
+        lib.lib.fast_tts_sample_top_k(args)
+        return keep["tokens"]
 
     def _noise_sources(self, start: int, n: int) -> dict[int, NoiseSource]:
         """The noise sources of rows start..start+n-1 that bring one, by position 0..n-1."""

@@ -301,3 +301,50 @@ def test_large_vocab_sampler_uses_the_sparse_path_with_the_same_draws() -> None:
         finally:
             sampling.SPARSE_VOCAB = old
     assert draws[0] == draws[1]
+
+
+class _FixedNoise:
+    """A noise source with its own seeded Exp(1) draw per step."""
+
+    def __init__(self, seed: int, codebooks: int, vocab: int) -> None:
+        self.seed, self.shape = seed, (codebooks, vocab)
+
+    def noise(self, step: int) -> torch.Tensor:
+        return torch.empty(self.shape).exponential_(generator=torch.Generator().manual_seed(self.seed * 1000 + step))
+
+
+@pytest.mark.skipif(__import__("fast_tts.kernels", fromlist=["native"]).native() is None,
+                    reason="the native kernels do not run here")
+@pytest.mark.parametrize("seed", range(4))
+def test_native_sampling_draws_the_torch_paths_tokens(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kernels/sample.c computes the sparse path's step (temperature, penalty, top-p + top-k, stop ids before
+    min_new, then greedy codebooks, noise rows and inverse-CDF rows) with the torch path's tokens."""
+    import fast_tts.sampling as sampling
+
+    codebooks, vocab, steps = 4, 626, 24
+    rows = [
+        SamplingParams(temperature=0.3, top_p=0.7, top_k=20, min_tokens_to_keep=3, repetition_penalty=1.05,
+                       repetition_window=16, min_new_tokens=6, stop_token_ids=[625, 3]),
+        SamplingParams(temperature=0.8, top_p=0.9, top_k=40, seed=seed, stop_token_ids=[625]),
+        SamplingParams(temperature=[0.5, 0.0, 1.0, 0.0], top_p=0.5, top_k=5, seed=seed + 1, repetition_penalty=1.5),
+        SamplingParams(temperature=1.3, top_p=0.99, top_k=256, min_tokens_to_keep=2, repetition_penalty=0.8),
+    ]
+    samplers = []
+    for _ in range(2):
+        sampler = BatchSampler(len(rows), codebooks, vocab, 64)
+        for i, params in enumerate(rows):
+            noise = _FixedNoise(seed * 10 + i, codebooks, vocab) if i in (0, 3) else None
+            sampler.set_row(i, SamplingParams(**{**params.__dict__, "noise": noise}))
+        samplers.append(sampler)
+    native_sampler, torch_sampler = samplers
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        logits = torch.randn(len(rows), codebooks, vocab, generator=gen) * (1 + seed) - 2  # mostly negative
+        logits[0, :, 625] += 8  # row 0's stop id leads: blocked until its min_new_tokens
+        assert native_sampler._native_applies(logits, slice(0, len(rows)))
+        got = native_sampler.sample(logits, slice(0, len(rows)))
+        with monkeypatch.context() as patch:
+            patch.setattr(sampling, "native", lambda: None)
+            assert not torch_sampler._native_applies(logits, slice(0, len(rows)))
+            want = torch_sampler.sample(logits, slice(0, len(rows)))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -6,8 +6,9 @@ reaches the read bandwidth (`amx_matmul.c` computes the same product with AMX ti
 a batch of rows costs what one row does; `f32_matmul.c` is the float32 twin, needing AVX-512 F only). Two opt-in
 products read fewer bytes, with weights quantized in groups (`grouped_matmul.c`): int8 on AMX-INT8 and 4-bit on
 AVX-512 VNNI. `decode_step.c` runs a whole decode step of a Llama/Qwen2 decoder in one call, with the operations of
-`decode_ops.h` for bf16 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool. `linear.py`
-swaps `nn.Linear` layers for these kernels, `decode.py` drives the decode step.
+`decode_ops.h` for bf16 (`decode_ops.c`) or float32 (`decode_f32.c`); `pool.c` is their thread pool. `sample.c`
+is a whole sampling step of rows that keep their top k tokens (fast_tts.sampling calls it). `linear.py` swaps
+`nn.Linear` layers for these kernels, `decode.py` drives the decode step.
 
 Shipping: the C files are compiled when the package is installed (setup.py builds them as the extension
 `fast_tts.kernels._native` with per-file target attributes, so the library loads on any x86-64 CPU) and the library

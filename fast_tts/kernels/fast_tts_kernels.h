@@ -97,6 +97,28 @@ typedef struct {
 } fast_tts_decode_args;
 
 void fast_tts_decode_step(const fast_tts_decode_args *args);
+
+/* sample.c: one sampling step of rows that all keep their top k <= FAST_TTS_SAMPLE_MAX_K tokens. Arrays are dense,
+ * row-major, for the step's rows only. */
+#define FAST_TTS_SAMPLE_MAX_K 256
+typedef struct {
+    const float *logits;      /* (rows, books, vocab) */
+    int64_t rows, books, vocab;
+    const float *temperature; /* (rows, books), 1 where greedy */
+    const uint8_t *greedy;    /* (rows, books): take the first kept token */
+    const float *penalty;     /* (rows,) repetition penalty */
+    const float *counts;      /* (rows, books, vocab) each token's count in the row's window; NULL: no penalty */
+    const float *top_p;       /* (rows,) 1 keeps all */
+    const int64_t *k_eff;     /* (rows,) 1..FAST_TTS_SAMPLE_MAX_K */
+    const int64_t *min_keep;  /* (rows,) top-p keeps at least these */
+    const uint8_t *blocked;   /* (rows, vocab) tokens not allowed at this step (stop ids before min_new); or NULL */
+    const uint8_t *use_noise; /* (rows,) the row samples argmax(probs / noise), else by inverse CDF */
+    const float *noise;       /* (rows, books, vocab) Exp(1) noise, read for rows with use_noise; or NULL */
+    const double *uniforms;   /* (rows, books) in [0, 1), read for the other rows */
+    float *scratch;           /* vocab floats of work space */
+    int64_t *tokens;          /* (rows, books) out */
+} fast_tts_sample_args;
+void fast_tts_sample_top_k(const fast_tts_sample_args *args);
 /* END DECLARATIONS */
 
 #include <stddef.h>
