@@ -288,8 +288,7 @@ class BatchSampler:
             x = apply_repetition_penalty(x, self.counts[rows], self.penalty[rows])
         if argmax_only:
             use_top_p = use_top_k = False
-        sparse = use_top_p and use_top_k and self.vocab_size >= SPARSE_VOCAB
-        if sparse and bool((self.k_eff[rows] < self.vocab_size).all()):
+        if not argmax_only and self._sparse(rows):
             x = apply_top_p_top_k_sparse(x, self.top_p[rows], self.min_keep[rows], self.k_eff[rows])
         else:
             if use_top_p:
@@ -297,9 +296,18 @@ class BatchSampler:
             if use_top_k:
                 x = apply_top_k(x, self.k_eff[rows])
         if use_min_new:
-            block = self.stop_mask[rows] & (self.steps[rows] < self.min_new[rows])[:, None]
-            x = x.masked_fill(block[:, None, :], float("-inf"))
+            x = x.masked_fill(self._blocked(rows)[:, None, :], float("-inf"))
         return x
+
+    def _sparse(self, rows: slice) -> bool:
+        """True when top-p + top-k of `rows` take the path without sorting (every row keeps its top k tokens)."""
+        use_top_p, use_top_k = self._flags[1], self._flags[2]
+        return (use_top_p and use_top_k and self.vocab_size >= SPARSE_VOCAB
+                and bool((self.k_eff[rows] < self.vocab_size).all()))
+
+    def _blocked(self, rows: slice) -> torch.Tensor:
+        """(B, V) the stop ids each row may not sample yet (before its min_new_tokens)."""
+        return self.stop_mask[rows] & (self.steps[rows] < self.min_new[rows])[:, None]
 
     def sample(self, logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample tokens (B, C) for `rows` and record them; returns (tokens, stopped (B,) bool)."""
@@ -331,13 +339,9 @@ class BatchSampler:
 
     def _native_applies(self, logits: torch.Tensor, rows: slice) -> bool:
         """True when `_sample_native` computes this step: the sparse top-p + top-k path on CPU, k small enough."""
-        use_top_p, use_top_k = self._flags[1], self._flags[2]
-        if not (use_top_p and use_top_k and self.vocab_size >= SPARSE_VOCAB and logits.device.type == "cpu"):
-            return False
         lib = native()
-        k_eff = self.k_eff[rows]
-        return (lib is not None and logits.dtype == torch.float32 and bool((k_eff < self.vocab_size).all())
-                and int(k_eff.max()) <= lib.lib.FAST_TTS_SAMPLE_MAX_K)
+        return (lib is not None and logits.device.type == "cpu" and logits.dtype == torch.float32
+                and self._sparse(rows) and int(self.k_eff[rows].max()) <= lib.lib.FAST_TTS_SAMPLE_MAX_K)
 
     def _sample_native(self, logits: torch.Tensor, rows: slice, idx: torch.Tensor) -> torch.Tensor:
         """The sparse path's processing and draw in one native call (`kernels/sample.c`); same tokens as the torch
@@ -347,14 +351,13 @@ class BatchSampler:
         n, c, v = logits.shape
         start = rows.start or 0
         sources = self._noise_sources(start, n) if self._flags[4] else {}
-        noise = torch.zeros(n, c, v) if sources else None
+        noise = None
         use_noise = torch.zeros(n, dtype=torch.uint8)
-        for i, source in sources.items():
-            noise[i] = source.noise(self._steps_py[start + i])
-            use_noise[i] = 1
-        blocked = None
-        if self._flags[3]:
-            blocked = (self.stop_mask[rows] & (self.steps[rows] < self.min_new[rows])[:, None]).to(torch.uint8)
+        if sources:
+            noise = torch.zeros(n, c, v)
+            noise[list(sources)] = self._step_noise(start, sources)
+            use_noise[list(sources)] = 1
+        blocked = self._blocked(rows).to(torch.uint8) if self._flags[3] else None
         keep = {
             "logits": logits.contiguous(),
             "temperature": self.temperature[rows].contiguous(),
@@ -390,10 +393,13 @@ class BatchSampler:
     def _sample_with_noise(self, x: torch.Tensor, tokens: torch.Tensor, start: int,
                            sources: dict[int, NoiseSource]) -> None:
         """Set the tokens of the rows with a noise source to argmax(softmax(x) / noise), torch.multinomial's draw."""
-        noise = [source.noise(self._steps_py[start + i]) for i, source in sources.items()]
         at = torch.tensor(list(sources), device=x.device)
         probs = x[at].softmax(-1)
-        tokens[at] = (probs / torch.stack(noise).to(probs.device, probs.dtype)).argmax(-1)
+        tokens[at] = (probs / self._step_noise(start, sources).to(probs.device, probs.dtype)).argmax(-1)
+
+    def _step_noise(self, start: int, sources: dict[int, NoiseSource]) -> torch.Tensor:
+        """(len(sources), C, V) this step's noise of the rows with a source (each source asked once per step)."""
+        return torch.stack([source.noise(self._steps_py[start + i]) for i, source in sources.items()])
 
     def _advance(self, tokens: torch.Tensor, rows: slice, idx: torch.Tensor) -> None:
         steps = self.steps[rows]
