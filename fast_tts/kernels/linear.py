@@ -242,6 +242,14 @@ def quantize_groups(x: torch.Tensor, levels: int, group: int) -> tuple[torch.Ten
     return q.reshape(x.shape).contiguous(), top / levels
 
 
+def linear_around(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free `nn.Linear` whose weight is `weight` itself (not copied), for building a packed layer from a
+    matrix that is not a layer of its own (a tied head, heads stacked together)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    return layer
+
+
 def tiled_layout_fits(linear: nn.Linear) -> bool:
     """The native layout needs an even in_features, on a CPU tensor (outputs are padded to whole 32-row tiles)."""
     return linear.weight.device.type == "cpu" and linear.in_features % 2 == 0

@@ -175,11 +175,9 @@ def native_head(heads: list[nn.Linear], device: torch.device) -> nn.Module | Non
     how fast the weights stream: the native kernel reads them at the memory bandwidth, torch's float32 product at
     small batch a fraction of it. Each output stays one float32 dot product. None where the kernel does not run.
     """
-    from fast_tts.kernels.linear import TiledF32Linear, native_available, tiled_layout_fits
+    from fast_tts.kernels.linear import TiledF32Linear, linear_around, native_available, tiled_layout_fits
 
     if device.type != "cpu" or not native_available(torch.float32):
         return None
-    weight = torch.cat([head.weight.detach().float() for head in heads])
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused = linear_around(torch.cat([head.weight.detach().float() for head in heads]))
     return TiledF32Linear(fused) if tiled_layout_fits(fused) else None

@@ -121,14 +121,14 @@ class G2P(nn.Module):
         from fast_tts.kernels.linear import (
             TiledBF16Linear,
             TiledInt8Linear,
+            linear_around,
             native_bf16_available,
             quantized_available,
             tiled_layout_fits,
         )
 
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-        head.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        head = linear_around(weight)
         usable = dtype == torch.bfloat16 and device.type == "cpu" and weight.device.type == "cpu"
         if usable and quantize is not None and quantized_available("int8") and TiledInt8Linear.fits(head):
             self._decode_head = TiledInt8Linear(head, float_out=True)
