@@ -352,6 +352,23 @@ def test_native_decoder_refuses_what_it_cannot_run() -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_decoder_rotary_tables_are_the_models_own_numbers(dtype: torch.dtype) -> None:
+    """The decoder looks its rotary tables up instead of computing them each step: every position's row must be
+    exactly what the model's `rope` gives for that position alone (and for positions in a batch)."""
+    model = _random_decoder(DecoderConfig(128, 256, 1, 4, 4, rope_theta=500000.0), seed=2).to(dtype)
+    pack_linears(model)
+    decoder = model.native_decoder(model.new_cache(2, 600, dtype))
+    assert decoder is not None
+    for p in (0, 1, 7, 300, 599):
+        cos, sin = model.rope(torch.tensor([[p]]), dtype)
+        assert torch.equal(decoder.cos[p], cos.reshape(-1)) and torch.equal(decoder.sin[p], sin.reshape(-1))
+    positions = torch.tensor([[599], [3]])
+    cos, _ = model.rope(positions, dtype)
+    assert torch.equal(decoder.cos[positions[:, 0]], cos.reshape(2, -1))
+
+
+@needs_kernel
 async def test_backend_tokens_agree_with_and_without_the_native_path() -> None:
     from fast_tts.backends import create_backend
     from fast_tts.sampling import SamplingParams

@@ -306,14 +306,17 @@ class NativeDecoder:
 
     def __init__(self, model: Transformer, step: DecodeStep) -> None:
         self.model, self.step = model, step
+        # the rotary tables of every cache position, computed once by the model's own `rope` (the same numbers):
+        # torch's cos and sin open an OpenMP region per call on MKL builds, whose idle workers then spin on the
+        # cores the step's threads need
+        cos, sin = model.rope(torch.arange(step.max_seq)[None], step.dtype)
+        self.cos, self.sin = cos.reshape(step.max_seq, -1), sin.reshape(step.max_seq, -1)
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, rows: Rows) -> torch.Tensor:
         """Final-norm hidden states (B, 1, H) for inputs `x` (B, 1, H) at `positions` (B, 1) in cache `rows`."""
         batch = x.shape[0]
         if isinstance(rows, slice):
             rows = torch.arange(rows.start or 0, (rows.start or 0) + batch)
-        cos, sin = self.model.rope(positions, self.step.dtype)
-        head_dim = self.step.shape.head_dim
-        out = self.step(x.reshape(batch, -1), cos.reshape(batch, head_dim), sin.reshape(batch, head_dim), rows,
-                        positions[:, 0])
+        at = positions[:, 0].clamp(max=self.step.max_seq - 1)  # the step rejects positions past its cache
+        out = self.step(x.reshape(batch, -1), self.cos[at], self.sin[at], rows, positions[:, 0])
         return out.view(batch, 1, -1)
