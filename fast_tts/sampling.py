@@ -355,8 +355,9 @@ class BatchSampler:
         use_noise = torch.zeros(n, dtype=torch.uint8)
         if sources:
             noise = torch.zeros(n, c, v)
-            noise[list(sources)] = self._step_noise(start, sources)
-            use_noise[list(sources)] = 1
+            for row, row_noise in zip(sources, self._step_noise(start, sources)):
+                noise[row] = row_noise  # row by row: a list index opens an OpenMP region whose idle workers then spin
+                use_noise[row] = 1
         blocked = self._blocked(rows).to(torch.uint8) if self._flags[3] else None
         keep = {
             "logits": logits.contiguous(),
