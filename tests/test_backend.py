@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 
 import pytest
 import torch
@@ -350,3 +351,19 @@ async def test_a_burst_of_short_prompts_is_prefilled_together(backend) -> None:
         assert torch.equal(got.token_ids, want.token_ids)
     prefills = [width for width in calls if width > 1]  # decode steps have width 1
     assert len(prefills) < 6  # 6 good prompts, fewer prefill forwards: [3, 5, 7, 13] when all arrive at once
+
+
+async def test_prompts_submitted_in_one_callback_start_in_the_same_step(backend) -> None:
+    """A batch submitted from one event-loop callback (as `Chat.infer` does) is admitted as one: even when the
+    submitting thread lets the worker run between two submits, every row prefills in the first step."""
+    b = backend(max_batch=8, prefill_chunk=256)
+    plans: list[int] = []
+    execute = b.runner.execute
+    b.runner.execute = lambda plan: plans.append(sum(len(f) for f in plan.prefills)) or execute(plan)
+    streams = []
+    for i in range(6):
+        streams.append(b.submit(_prompt(4 + i, 50 + i), SamplingParams(max_new_tokens=3, seed=i)))
+        time.sleep(0.005)  # releases the GIL: the worker wakes up on the first prompt meanwhile
+    for s in streams:
+        assert (await s.collect()).token_ids.shape == (3, CODEBOOKS)
+    assert plans[0] == 6, plans

@@ -28,6 +28,8 @@ from fast_tts.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
+BURST_WAIT_S = 0.05  # the longest the worker waits for a submitting event loop to finish its current callback
+
 
 @dataclass(eq=False)
 class _Request:
@@ -159,6 +161,7 @@ class TorchBackend:
     def _take_inbox(self) -> bool:
         """Handle new requests and cancellations; block while there is nothing to do. False once shut down."""
         block = not self.scheduler.has_work
+        burst_seen = False
         while True:
             try:
                 message, payload = self._inbox.get(block=block)
@@ -172,6 +175,9 @@ class TorchBackend:
                 self._requests[stream.request_id] = _Request(stream, prompt.params)
                 self.runner.add(stream.request_id, prompt)
                 self.scheduler.add(Sequence(stream.request_id, prompt.tensor.shape[0], prompt.params.max_new_tokens))
+                if not burst_seen:
+                    burst_seen = True
+                    _wait_for_callback(stream.loop)
             elif message == "cancel":
                 gone = self.scheduler.cancel(payload)
                 if gone is not None:
@@ -211,6 +217,18 @@ class TorchBackend:
                 for stream, _, end in batch:
                     if end is None:
                         self._inbox.put(("cancel", stream.request_id))
+
+
+def _wait_for_callback(loop: Any) -> None:
+    """Wait (briefly) until `loop` has run its current callback: prompts submitted in one go from one callback (a
+    `Chat.infer` batch, requests that arrived together) then all reach the inbox before the worker plans a step, so
+    they are admitted together instead of split by the worker waking up between two of them."""
+    done = threading.Event()
+    try:
+        loop.call_soon_threadsafe(done.set)
+    except RuntimeError:  # that event loop is closed
+        return
+    done.wait(BURST_WAIT_S)
 
 
 def _drain(inbox: queue.SimpleQueue) -> list[Any]:
