@@ -160,8 +160,7 @@ class TorchBackend:
 
     def _take_inbox(self) -> bool:
         """Handle new requests and cancellations; block while there is nothing to do. False once shut down."""
-        block = not self.scheduler.has_work
-        burst_seen = False
+        block = idle = not self.scheduler.has_work
         while True:
             try:
                 message, payload = self._inbox.get(block=block)
@@ -175,8 +174,8 @@ class TorchBackend:
                 self._requests[stream.request_id] = _Request(stream, prompt.params)
                 self.runner.add(stream.request_id, prompt)
                 self.scheduler.add(Sequence(stream.request_id, prompt.tensor.shape[0], prompt.params.max_new_tokens))
-                if not burst_seen:
-                    burst_seen = True
+                if idle:  # the first prompt after a pause: no running row waits meanwhile
+                    idle = False
                     _wait_for_callback(stream.loop)
             elif message == "cancel":
                 gone = self.scheduler.cancel(payload)
@@ -221,8 +220,9 @@ class TorchBackend:
 
 def _wait_for_callback(loop: Any) -> None:
     """Wait (briefly) until `loop` has run its current callback: prompts submitted in one go from one callback (a
-    `Chat.infer` batch, requests that arrived together) then all reach the inbox before the worker plans a step, so
-    they are admitted together instead of split by the worker waking up between two of them."""
+    `Chat.infer` batch, requests that arrived together) then all reach the inbox before an idle worker plans its
+    first step, so they are admitted together instead of split by the worker waking up between two of them. (A
+    busy worker does not wait: it admits what has arrived at each step.)"""
     done = threading.Event()
     try:
         loop.call_soon_threadsafe(done.set)
