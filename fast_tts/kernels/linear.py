@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_tts.kernels import Native, native
+from fast_tts.kernels.memory import on_huge_pages
 
 # a few rows times a weight this small finish on one thread before the pool's helpers would have woken up
 SMALL_WEIGHT_BYTES = 4 << 20
-
-
 class PackedLinear(nn.Module):
     """Inference-only `nn.Linear` over a oneDNN-packed weight (CPU)."""
 
@@ -56,7 +55,7 @@ class _TiledLinear(nn.Module):
         self.padded_features = -(-self.out_features // tile) * tile
         weight = torch.zeros(self.padded_features, self.in_features, dtype=self.weight_dtype)
         weight[: self.out_features] = linear.weight.detach()
-        self.packed = self._pack(weight)
+        self.packed = on_huge_pages(self._pack(weight))
         self.bias = None
         if linear.bias is not None:
             self.bias = torch.zeros(self.padded_features)
