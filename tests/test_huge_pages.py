@@ -1,4 +1,4 @@
-"""Tensors on transparent huge pages (`fast_tts.kernels.memory`): the same values, 2 MiB-aligned, advised to Linux."""
+"""Copies on transparent huge pages (`fast_tts.kernels.memory`): the same values, 2 MiB-aligned, advised to Linux."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fast_tts.kernels.memory import HUGE_PAGE, huge_page_zeros, on_huge_pages
-from fast_tts.models.transformer import DecoderConfig, KVCache
+from fast_tts.kernels.memory import HUGE_PAGE, on_huge_pages
 
 advisable = pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no transparent huge pages on this OS")
 
@@ -42,19 +41,6 @@ def test_copies_keep_values_shape_and_dtype_on_aligned_advised_memory() -> None:
 
 
 @advisable
-def test_zeros_and_small_tensors() -> None:
-    z = huge_page_zeros((4, 3, 1000, 64), torch.float32)
-    assert z.shape == (4, 3, 1000, 64) and z.dtype == torch.float32 and not z.any()
-    z[1, 2] = 5.0  # writable, and only that block changes
-    assert int((z == 5.0).sum()) == 1000 * 64
+def test_small_tensors_stay_where_they_are() -> None:
     small = torch.randn(8, 8)
     assert on_huge_pages(small) is small  # under half a huge page: not worth a page of its own
-    assert huge_page_zeros((8, 8), torch.bfloat16).dtype == torch.bfloat16
-
-
-def test_a_cpu_kv_cache_starts_at_zero_and_takes_writes() -> None:
-    cache = KVCache(DecoderConfig(64, 128, 2, 4, 2), max_rows=3, max_seq=512, dtype=torch.float32)
-    assert cache.k.shape == (2, 3, 2, 512, 16) and not cache.k.any() and not cache.v.any()
-    cache.k[1, 2, 0, 7] = 1.0
-    cache.copy_row(2, 0, 8)
-    assert torch.equal(cache.k[1, 0, 0, 7], torch.ones(16))

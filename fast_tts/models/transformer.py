@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fast_tts.kernels.decode import DecodeLayer, DecoderShape, DecodeStep, fits
-from fast_tts.kernels.memory import huge_page_zeros
 
 Rows = slice | torch.Tensor
 
@@ -188,11 +187,8 @@ class KVCache:
     def __init__(self, cfg: DecoderConfig, max_rows: int, max_seq: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu") -> None:
         shape = (cfg.num_layers, max_rows, cfg.num_kv_heads, max_seq, cfg.dim_per_head)
-        if torch.device(device).type == "cpu":  # read by every decode step: on huge pages where the OS offers them
-            self.k, self.v = huge_page_zeros(shape, dtype), huge_page_zeros(shape, dtype)
-        else:
-            self.k = torch.zeros(shape, dtype=dtype, device=device)
-            self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     @property
     def max_rows(self) -> int:
