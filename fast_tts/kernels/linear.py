@@ -24,6 +24,8 @@ from fast_tts.kernels.memory import on_huge_pages
 
 # a few rows times a weight this small finish on one thread before the pool's helpers would have woken up
 SMALL_WEIGHT_BYTES = 4 << 20
+
+
 class PackedLinear(nn.Module):
     """Inference-only `nn.Linear` over a oneDNN-packed weight (CPU)."""
 
