@@ -396,11 +396,13 @@ class BatchSampler:
         """Set the tokens of the rows with a noise source to argmax(softmax(x) / noise), torch.multinomial's draw."""
         at = torch.tensor(list(sources), device=x.device)
         probs = x[at].softmax(-1)
-        tokens[at] = (probs / self._step_noise(start, sources).to(probs.device, probs.dtype)).argmax(-1)
+        noise = torch.stack(self._step_noise(start, sources))
+        tokens[at] = (probs / noise.to(probs.device, probs.dtype)).argmax(-1)
 
-    def _step_noise(self, start: int, sources: dict[int, NoiseSource]) -> torch.Tensor:
-        """(len(sources), C, V) this step's noise of the rows with a source (each source asked once per step)."""
-        return torch.stack([source.noise(self._steps_py[start + i]) for i, source in sources.items()])
+    def _step_noise(self, start: int, sources: dict[int, NoiseSource]) -> list[torch.Tensor]:
+        """This step's noise (C, V) of each row with a source, in `sources` order (each source asked once per
+        step)."""
+        return [source.noise(self._steps_py[start + i]) for i, source in sources.items()]
 
     def _advance(self, tokens: torch.Tensor, rows: slice, idx: torch.Tensor) -> None:
         steps = self.steps[rows]
